@@ -1,0 +1,180 @@
+"""Camera sources: video files, RTSP/HTTP streams, webcams and image folders, sampled at a set rate.
+
+`read_frames` is the one loop every camera runs. It opens the source with retry and exponential backoff,
+reopens a live source that drops mid-stream, skips and counts corrupt frames, and stops at the end of a
+file or when told to.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pgr.metrics import PipelineMetrics
+from pgr.settings import CameraSettings, RetrySettings
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_CONSECUTIVE_FAILED_READS = 25
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A sampled frame: its index in the source, its timestamp (unix s) and when it was decoded."""
+
+    index: int
+    timestamp: float
+    image: np.ndarray
+    read_at: float
+
+
+class SourceUnavailable(RuntimeError):
+    """The source could not be opened."""
+
+
+def is_live(source: str) -> bool:
+    """Streams and webcams have no end; files and folders do."""
+    return source.isdigit() or ("://" in source and not source.startswith("file://"))
+
+
+class _VideoSource:
+    def __init__(self, source: str) -> None:
+        target: str | int = int(source) if source.isdigit() else source.removeprefix("file://")
+        if isinstance(target, str) and "://" not in target and not Path(target).is_file():
+            raise SourceUnavailable(f"no such video file: {target}")
+        self.cap = cv2.VideoCapture(target)
+        if not self.cap.isOpened():
+            raise SourceUnavailable(f"OpenCV cannot open {source}")
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.native_fps = fps if fps and fps > 0 else None
+        count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frame_count = int(count) if count and count > 0 else None
+
+    def grab(self) -> bool:
+        return self.cap.grab()
+
+    def retrieve(self) -> np.ndarray | None:
+        ok, image = self.cap.retrieve()
+        return image if ok else None
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class _FolderSource:
+    def __init__(self, folder: str) -> None:
+        path = Path(folder)
+        if not path.is_dir():
+            raise SourceUnavailable(f"no such image folder: {folder}")
+        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise SourceUnavailable(f"no images in {folder}")
+        self.native_fps = None
+        self.frame_count = len(self.files)
+        self._next = 0
+
+    def grab(self) -> bool:
+        self._next += 1
+        return self._next <= len(self.files)
+
+    def retrieve(self) -> np.ndarray | None:
+        return cv2.imread(str(self.files[self._next - 1]), cv2.IMREAD_COLOR)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(source: str) -> _VideoSource | _FolderSource:
+    """Open a source once; raises SourceUnavailable."""
+    if "://" not in source and not source.isdigit() and Path(source).is_dir():
+        return _FolderSource(source)
+    return _VideoSource(source)
+
+
+def backoff_delays(retry: RetrySettings) -> Iterator[float]:
+    """initial, 2x, 4x ... capped at max_s; ends after max_attempts (forever when None)."""
+    attempt, delay = 0, retry.initial_s
+    while retry.max_attempts is None or attempt < retry.max_attempts:
+        yield delay
+        attempt += 1
+        delay = min(delay * 2, retry.max_s)
+
+
+def _open_with_retry(
+    cam: CameraSettings, retry: RetrySettings, metrics: PipelineMetrics, stop: threading.Event
+):
+    for delay in backoff_delays(retry):
+        if stop.is_set():
+            return None
+        try:
+            src = open_source(cam.source)
+            metrics.camera_up.labels(cam.id).set(1)
+            return src
+        except SourceUnavailable as exc:
+            metrics.camera_retries.labels(cam.id).inc()
+            log.warning("camera %s: %s; retrying in %.1fs", cam.id, exc, delay)
+            stop.wait(delay)
+    log.error("camera %s: giving up after %s attempts", cam.id, retry.max_attempts)
+    return None
+
+
+def read_frames(
+    cam: CameraSettings, retry: RetrySettings, metrics: PipelineMetrics, stop: threading.Event
+) -> Iterator[Frame]:
+    """Yield the sampled frames of one camera until its end, `stop`, or retries run out."""
+    live = is_live(cam.source)
+    start_time = cam.start_time if cam.start_time is not None else time.time()
+    index = -1  # index of the last frame taken from the source, kept across reconnects
+    last_kept_at = -float("inf")
+    while not stop.is_set():
+        src = _open_with_retry(cam, retry, metrics, stop)
+        if src is None:
+            return
+        native_fps = src.native_fps or cam.fps
+        step = max(native_fps / cam.fps, 1.0)
+        failures = 0
+        try:
+            while not stop.is_set():
+                if cam.max_frames is not None and index + 1 >= cam.max_frames:
+                    return
+                if not src.grab():
+                    at_end = src.frame_count is not None and index + 1 >= src.frame_count
+                    if not live and (at_end or failures >= MAX_CONSECUTIVE_FAILED_READS):
+                        return
+                    failures += 1
+                    if live and failures >= MAX_CONSECUTIVE_FAILED_READS:
+                        log.warning("camera %s: stream dropped at frame %d; reconnecting", cam.id, index)
+                        break
+                    if not live:  # a frame the container lists but cannot deliver
+                        index += 1
+                        metrics.frames_dropped.labels(cam.id, "unreadable").inc()
+                    continue
+                failures = 0
+                index += 1
+                now = time.time()
+                if live:
+                    if now - last_kept_at < 1.0 / cam.fps:
+                        continue
+                elif int(index / step) == int((index - 1) / step) and index > 0:
+                    continue
+                image = src.retrieve()
+                if image is None or image.ndim != 3 or image.shape[0] < 8 or image.shape[1] < 8:
+                    metrics.frames_dropped.labels(cam.id, "corrupt").inc()
+                    log.warning("camera %s: corrupt frame %d skipped", cam.id, index)
+                    continue
+                last_kept_at = now
+                metrics.frames_read.labels(cam.id).inc()
+                timestamp = now if live else start_time + index / native_fps
+                yield Frame(index=index, timestamp=timestamp, image=image, read_at=now)
+        finally:
+            src.close()
+            metrics.camera_up.labels(cam.id).set(0)
+        if not live:
+            return

@@ -1,0 +1,74 @@
+"""The matcher: consume feature records, keep thumbnails on disk and index the detections in Milvus."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from matcher.index import DetectionIndex, IndexRow
+from matcher.thumbnails import ThumbnailStore
+from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
+from pgr.metrics import PipelineMetrics
+from pgr.transport import Message, Producer
+from pgr.worker import dead_letter
+
+log = logging.getLogger(__name__)
+STAGE = "matcher"
+
+
+class MatcherWorker:
+    """Writes a batch of feature messages to the index; idempotent on the detection id."""
+
+    def __init__(
+        self,
+        index: DetectionIndex,
+        thumbnails: ThumbnailStore,
+        producer: Producer,
+        dead_letter_topic: str,
+        metrics: PipelineMetrics,
+    ) -> None:
+        self.index, self.thumbnails, self.producer, self.metrics = index, thumbnails, producer, metrics
+        self.dead_letter_topic = dead_letter_topic
+
+    def handle(self, messages: list[Message]) -> None:
+        """Index the batch; returns after the index write (then the caller commits)."""
+        records: dict[str, FeatureRecord] = {}
+        for msg in messages:
+            try:
+                rec = decode_feature(msg.value)
+                dim = self.index.dim or rec.instance.shape[0]
+                if rec.instance.shape[0] != dim:
+                    raise MalformedRecord(f"instance has {rec.instance.shape[0]} dims, the index holds {dim}")
+            except MalformedRecord as exc:
+                dead_letter(self.producer, self.dead_letter_topic, msg, STAGE, str(exc), self.metrics)
+                continue
+            records[rec.detection.detection_id] = rec  # a duplicate inside one batch keeps the last
+        self.producer.flush()
+        if not records:
+            return
+        t0 = time.perf_counter()
+        rows = []
+        for rec in records.values():
+            det = rec.detection
+            thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
+            rows.append(
+                IndexRow(
+                    detection_id=det.detection_id,
+                    camera_id=det.camera_id,
+                    timestamp=det.timestamp,
+                    frame_index=det.frame_index,
+                    track_id=det.track_id,
+                    box=det.box,
+                    det_score=det.score,
+                    thumbnail=str(thumb),
+                    model=rec.model,
+                    instance=rec.instance,
+                )
+            )
+        self.index.upsert(rows)
+        now = time.time()
+        self.metrics.stage_latency.labels("index").observe(time.perf_counter() - t0)
+        self.metrics.records_indexed.inc(len(rows))
+        for rec in records.values():
+            if rec.detection.read_at > 0:
+                self.metrics.end_to_end_latency.observe(now - rec.detection.read_at)

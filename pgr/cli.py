@@ -1,0 +1,214 @@
+"""The `pgr` command: run the embedded demo, run one stage as a service, search the index, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from pgr.images import BadImage
+from pgr.models import ModelFileMissing
+from pgr.settings import SettingsError, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_EMBEDDED = REPO / "configs" / "embedded.yaml"
+log = logging.getLogger("pgr")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgr", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the embedded pipeline on the configured video and search it")
+    demo.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the index of an earlier run instead of starting fresh"
+    )
+
+    run = sub.add_parser("run", help="run one stage as a service (distributed mode)")
+    run.add_argument("stage", choices=["ingest", "reid", "matcher"])
+    run.add_argument("--config", required=True)
+
+    search = sub.add_parser("search", help="search the index with a person image")
+    search.add_argument("--image", required=True)
+    search.add_argument("--camera")
+    search.add_argument("--since", help="unix seconds or ISO time (2009-01-01T10:00:00)")
+    search.add_argument("--until", help="unix seconds or ISO time")
+    search.add_argument("--top", type=int, default=10)
+    search.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+
+    bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/benchmark.py)")
+    bench.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+    bench.add_argument("--out", help="also write the figures as JSON here")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # milvus-lite serves pymilvus through an in-process gRPC server that logs a traceback for every
+    # optional call it does not implement (AllocTimestamp); those are not errors of ours.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "search":
+            return _search(args)
+        from pgr.benchmark import run_benchmark
+
+        return run_benchmark(args.config, args.out)
+    except (SettingsError, ModelFileMissing, BadImage, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def parse_time(value: str | None) -> float | None:
+    """Unix seconds or an ISO-8601 time (local time unless it names a zone)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _run(args) -> int:
+    from pgr.metrics import PipelineMetrics
+    from pgr.pipeline import build_transport, run_ingest_stage, run_matcher_stage, run_reid_stage
+
+    settings = load_settings(args.config)
+    if settings.transport.kind != "kafka":
+        raise SettingsError(
+            f"{args.config}: `pgr run` needs transport.kind: kafka (the in-process bus is `pgr demo`)"
+        )
+    metrics = PipelineMetrics()
+    port = metrics.serve(settings.metrics.host, settings.metrics.port)
+    log.info("%s: metrics on http://%s:%d/metrics", args.stage, settings.metrics.host, port)
+    stop = _stop_on_signals()
+    transport = build_transport(settings)
+    stage = {"ingest": run_ingest_stage, "reid": run_reid_stage, "matcher": run_matcher_stage}[args.stage]
+    result = stage(settings, transport, metrics, stop)
+    log.info("%s: stopped (%s)", args.stage, result)
+    return 0
+
+
+def _demo(args) -> int:
+    import shutil
+
+    from matcher.index import DetectionIndex
+    from matcher.search import search_image
+    from matcher.sheet import write_contact_sheet
+    from pgr.metrics import PipelineMetrics
+    from pgr.pipeline import build_extractor, run_embedded
+
+    settings = load_settings(args.config)
+    if settings.transport.kind != "inprocess":
+        raise SettingsError(f"{args.config}: the demo runs embedded: transport.kind must be inprocess")
+    m = settings.matcher
+    if not args.keep and "://" not in m.milvus_uri:
+        Path(m.milvus_uri).unlink(missing_ok=True)
+        shutil.rmtree(m.thumbnails_dir, ignore_errors=True)
+    metrics = PipelineMetrics()
+    port = metrics.serve(settings.metrics.host, settings.metrics.port)
+    print(f"metrics: http://{settings.metrics.host}:{port}/metrics")
+    for cam in settings.cameras:
+        print(f"camera {cam.id}: {cam.source} sampled at {cam.fps} fps")
+    extractor = build_extractor(settings.reid)
+    t0 = time.perf_counter()
+    run = run_embedded(settings, metrics, stop=_stop_on_signals(), extractor=extractor)
+    elapsed = time.perf_counter() - t0
+    if run.errors:
+        print("errors: " + "; ".join(run.errors), file=sys.stderr)
+        return 1
+    index = DetectionIndex(m.milvus_uri, m.collection)
+    frames = sum(s.value for s in metrics.frames_read.collect()[0].samples if s.name.endswith("_total"))
+    print(
+        f"\nprocessed in {elapsed:.1f}s: {int(frames)} frames sampled, "
+        f"{sum(run.crops_per_camera.values())} person crops, {index.count()} detections indexed"
+    )
+    detections = index.get(index.all_ids())
+    tracks = Counter((d.camera_id, d.track_id) for d in detections if d.track_id >= 0)
+    print(
+        f"local tracks: {len(tracks)}; the longest: "
+        + ", ".join(f"{cam}/track {t} ({n} crops)" for (cam, t), n in tracks.most_common(5))
+    )
+    if not tracks:
+        print("no person was tracked; nothing to search")
+        index.close()
+        return 0
+    (cam, track), _ = tracks.most_common(1)[0]
+    query = next(
+        d
+        for d in sorted(detections, key=lambda d: d.frame_index)
+        if (d.camera_id, d.track_id) == (cam, track)
+    )
+    print(f"\nsearch with the crop of {query.detection_id} ({query.thumbnail}):")
+    hits = search_image(index, extractor, Path(query.thumbnail), top_k=10)
+    for rank, h in enumerate(hits, 1):
+        same = "same track" if (h.camera_id, h.track_id) == (cam, track) else ""
+        print(
+            f"{rank:3d}. {h.score:.3f}  {h.camera_id:10s} t={h.timestamp:.1f} frame {h.frame_index:5d} "
+            f"track {h.track_id:4d}  {h.thumbnail}  {same}"
+        )
+    sheet = write_contact_sheet(
+        Path(m.thumbnails_dir).parent / "demo_search.png", Path(query.thumbnail), hits
+    )
+    print(f"\nquery and results side by side: {sheet}")
+    index.close()
+    return 0
+
+
+def _search(args) -> int:
+    from matcher.index import DetectionIndex
+    from matcher.search import search_image
+    from pgr.pipeline import build_extractor
+
+    settings = load_settings(args.config)
+    if args.top < 1 or args.top > 1000:
+        raise ValueError("--top must be between 1 and 1000")
+    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    try:
+        hits = search_image(
+            index,
+            build_extractor(settings.reid),
+            Path(args.image),
+            top_k=args.top,
+            camera=args.camera,
+            since=parse_time(args.since),
+            until=parse_time(args.until),
+        )
+    finally:
+        index.close()
+    if not hits:
+        print("no results")
+    for rank, h in enumerate(hits, 1):
+        when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
+        print(
+            f"{rank:3d}. score {h.score:.3f}  camera {h.camera_id}  time {when}  frame {h.frame_index}  "
+            f"track {h.track_id}  {h.thumbnail}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

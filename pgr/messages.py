@@ -1,0 +1,252 @@
+"""The records that cross stage boundaries: one encode, one decode, validated on both sides.
+
+A record travels as UTF-8 JSON. Binary fields (the JPEG, feature arrays) are base64 inside it, arrays
+with their dtype and shape, so a consumer in any language can read them and a malformed record is caught
+by `decode_*` before any stage acts on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+CROP_KIND = "pgr.crop"
+FEATURE_KIND = "pgr.feature"
+JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+_ARRAY_DTYPES = {"float32", "float16", "int16", "int32", "uint8", "bool"}
+
+
+class MalformedRecord(ValueError):
+    """A record that cannot be decoded or fails validation; it goes to the dead-letter topic."""
+
+
+def detection_id(camera_id: str, frame_index: int, track_id: int, index_in_frame: int) -> str:
+    """The stable id of one detection: the same video gives the same ids, so redelivery is idempotent."""
+    who = f"t{track_id}" if track_id >= 0 else f"d{index_in_frame}"
+    return f"{camera_id}:{frame_index}:{who}"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Where and when a person was seen; shared by crop and feature records."""
+
+    detection_id: str
+    camera_id: str
+    timestamp: float
+    frame_index: int
+    track_id: int
+    box: tuple[float, float, float, float]
+    score: float
+    read_at: float = 0.0  # wall-clock time the frame was decoded: for end-to-end latency
+
+    def __post_init__(self) -> None:
+        _require(_is_number(self.read_at) and math.isfinite(self.read_at), "bad read_at")
+        _require(isinstance(self.detection_id, str) and 0 < len(self.detection_id) <= 256, "bad detection_id")
+        _require(isinstance(self.camera_id, str) and 0 < len(self.camera_id) <= 128, "bad camera_id")
+        _require(_is_number(self.timestamp) and math.isfinite(self.timestamp), "bad timestamp")
+        _require(_is_int(self.frame_index) and self.frame_index >= 0, "bad frame_index")
+        _require(_is_int(self.track_id) and self.track_id >= -1, "bad track_id")
+        _require(
+            isinstance(self.box, tuple) and len(self.box) == 4 and all(_is_number(v) for v in self.box),
+            "box must be four numbers",
+        )
+        x1, y1, x2, y2 = self.box
+        _require(
+            all(math.isfinite(v) for v in self.box) and x2 > x1 and y2 > y1, "box must have x2>x1, y2>y1"
+        )
+        _require(_is_number(self.score) and 0.0 <= self.score <= 1.0, "score must be in [0, 1]")
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "detection_id": self.detection_id,
+            "camera_id": self.camera_id,
+            "timestamp": self.timestamp,
+            "frame_index": self.frame_index,
+            "track_id": self.track_id,
+            "box": list(self.box),
+            "score": self.score,
+            "read_at": self.read_at,
+        }
+
+    @staticmethod
+    def _from_fields(d: dict[str, Any]) -> dict[str, Any]:
+        box = d.get("box")
+        _require(isinstance(box, list), "box must be a list")
+        return {
+            "detection_id": d.get("detection_id"),
+            "camera_id": d.get("camera_id"),
+            "timestamp": d.get("timestamp"),
+            "frame_index": d.get("frame_index"),
+            "track_id": d.get("track_id"),
+            "box": tuple(box),
+            "score": d.get("score"),
+            "read_at": d.get("read_at", 0.0),
+        }
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """One person crop from ingest: the detection plus the crop as JPEG."""
+
+    detection: Detection
+    jpeg: bytes
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.jpeg, bytes) and self.jpeg.startswith(JPEG_MAGIC), "jpeg is not a JPEG")
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """Features of one detection from a re-ID worker.
+
+    `instance` is the L2-normalised instance vector (d,). `parts` (p, d) with `part_visibility` (p,) and
+    `pixels` (n, d) with `pixel_coords` (n, 2: row, col on the feature map) are optional: a model without
+    them (the spine's ImageNet extractor) leaves them empty. `jpeg` is the crop, kept as the thumbnail.
+    """
+
+    detection: Detection
+    model: str
+    instance: np.ndarray
+    jpeg: bytes
+    parts: np.ndarray | None = None
+    part_visibility: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    pixel_coords: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.model, str) and self.model != "", "model must be named")
+        inst = self.instance
+        _require(isinstance(inst, np.ndarray) and inst.ndim == 1 and inst.size > 0, "instance must be (d,)")
+        _require(bool(np.all(np.isfinite(inst))), "instance has non-finite values")
+        _require(isinstance(self.jpeg, bytes) and self.jpeg.startswith(JPEG_MAGIC), "jpeg is not a JPEG")
+        d = inst.shape[0]
+        if self.parts is not None:
+            _require(self.parts.ndim == 2 and self.parts.shape[1] == d, "parts must be (p, d)")
+            vis = self.part_visibility
+            _require(vis is not None and vis.shape == (self.parts.shape[0],), "part_visibility must be (p,)")
+        if self.pixels is not None:
+            _require(self.pixels.ndim == 2 and self.pixels.shape[1] == d, "pixels must be (n, d)")
+            coords = self.pixel_coords
+            _require(
+                coords is not None and coords.shape == (self.pixels.shape[0], 2),
+                "pixel_coords must be (n, 2)",
+            )
+
+
+def encode_crop(rec: CropRecord) -> bytes:
+    """Serialise a crop record for the bus."""
+    body = {"kind": CROP_KIND, "version": SCHEMA_VERSION, **rec.detection._fields(), "jpeg": _b64(rec.jpeg)}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_crop(raw: bytes) -> CropRecord:
+    """Parse and validate a crop record; raises MalformedRecord."""
+    d = _load(raw, CROP_KIND)
+    try:
+        return CropRecord(Detection(**Detection._from_fields(d)), _unb64(d.get("jpeg")))
+    except (TypeError, KeyError) as exc:
+        raise MalformedRecord(str(exc)) from exc
+
+
+def encode_feature(rec: FeatureRecord) -> bytes:
+    """Serialise a feature record for the bus."""
+    body: dict[str, Any] = {
+        "kind": FEATURE_KIND,
+        "version": SCHEMA_VERSION,
+        **rec.detection._fields(),
+        "model": rec.model,
+        "instance": _array_out(rec.instance),
+        "jpeg": _b64(rec.jpeg),
+        "extra": rec.extra,
+    }
+    for name in ("parts", "part_visibility", "pixels", "pixel_coords"):
+        value = getattr(rec, name)
+        if value is not None:
+            body[name] = _array_out(value)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_feature(raw: bytes) -> FeatureRecord:
+    """Parse and validate a feature record; raises MalformedRecord."""
+    d = _load(raw, FEATURE_KIND)
+    try:
+        optional = {
+            k: _array_in(d[k]) for k in ("parts", "part_visibility", "pixels", "pixel_coords") if k in d
+        }
+        extra = d.get("extra", {})
+        _require(isinstance(extra, dict), "extra must be an object")
+        return FeatureRecord(
+            detection=Detection(**Detection._from_fields(d)),
+            model=d.get("model"),
+            instance=_array_in(d.get("instance")),
+            jpeg=_unb64(d.get("jpeg")),
+            extra=extra,
+            **optional,
+        )
+    except (TypeError, KeyError) as exc:
+        raise MalformedRecord(str(exc)) from exc
+
+
+def _load(raw: bytes, kind: str) -> dict[str, Any]:
+    if not isinstance(raw, bytes | bytearray):
+        raise MalformedRecord("record is not bytes")
+    if len(raw) > MAX_RECORD_BYTES:
+        raise MalformedRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
+    try:
+        d = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedRecord(f"not JSON: {exc}") from exc
+    _require(isinstance(d, dict), "record is not a JSON object")
+    _require(d.get("kind") == kind, f"expected kind {kind!r}, got {d.get('kind')!r}")
+    _require(d.get("version") == SCHEMA_VERSION, f"unsupported version {d.get('version')!r}")
+    return d
+
+
+def _array_out(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a)
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": _b64(a.tobytes())}
+
+
+def _array_in(d: Any) -> np.ndarray:
+    _require(isinstance(d, dict), "array must be an object")
+    dtype, shape = d.get("dtype"), d.get("shape")
+    _require(dtype in _ARRAY_DTYPES, f"unsupported dtype {dtype!r}")
+    _require(isinstance(shape, list) and all(_is_int(s) and s >= 0 for s in shape), "bad array shape")
+    data = _unb64(d.get("data"))
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    _require(len(data) == expected, f"array data has {len(data)} bytes, shape needs {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: Any) -> bytes:
+    _require(isinstance(s, str), "binary field must be a base64 string")
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedRecord(f"bad base64: {exc}") from exc
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _require(ok: bool, why: str) -> None:
+    if not ok:
+        raise MalformedRecord(why)

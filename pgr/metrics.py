@@ -1,0 +1,51 @@
+"""Prometheus metrics of every stage, in one registry per process, served over HTTP."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class PipelineMetrics:
+    """The counters and histograms the stages update. Each service process owns one instance."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.frames_read = Counter("pgr_frames_read", "Frames decoded", ["camera"], registry=r)
+        self.frames_dropped = Counter(
+            "pgr_frames_dropped", "Frames lost: corrupt or unreadable", ["camera", "reason"], registry=r
+        )
+        self.camera_retries = Counter(
+            "pgr_camera_retries", "Camera (re)open attempts that failed", ["camera"], registry=r
+        )
+        self.camera_up = Gauge("pgr_camera_up", "1 while the camera is open", ["camera"], registry=r)
+        self.detections = Counter("pgr_detections", "Persons detected", ["camera"], registry=r)
+        self.crops_published = Counter(
+            "pgr_crops_published", "Crop records published", ["camera"], registry=r
+        )
+        self.features_extracted = Counter("pgr_features_extracted", "Feature records published", registry=r)
+        self.records_indexed = Counter(
+            "pgr_records_indexed", "Feature records written to the index", registry=r
+        )
+        self.dead_lettered = Counter(
+            "pgr_dead_lettered", "Malformed records sent to the dead-letter topic", ["stage"], registry=r
+        )
+        self.stage_latency = Histogram(
+            "pgr_stage_latency_seconds",
+            "Time spent per item in each stage (decode, detect, extract, index)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "pgr_frame_to_searchable_seconds",
+            "From frame read (record timestamp of a live source) to the record being searchable",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics; returns the bound port (port 0 picks a free one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_address[1]

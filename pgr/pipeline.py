@@ -1,0 +1,151 @@
+"""Wiring the stages from settings: the same plain functions run embedded (threads over an in-process bus)
+or as separate services over Kafka. Only the transport and the Milvus URI differ."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from ingest.service import run_ingest
+from matcher.index import DetectionIndex
+from matcher.service import MatcherWorker
+from matcher.thumbnails import ThumbnailStore
+from pgr.metrics import PipelineMetrics
+from pgr.settings import ReidSettings, Settings
+from pgr.transport import InProcessBus, KafkaTransport, Transport
+from pgr.worker import consume_loop
+from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
+from reid.service import ReidWorker
+
+log = logging.getLogger(__name__)
+
+
+def build_transport(settings: Settings) -> Transport:
+    """The in-process bus or a Kafka client, per `transport.kind`."""
+    t = settings.transport
+    if t.kind == "kafka":
+        return KafkaTransport(t.bootstrap or "", session_timeout_ms=t.session_timeout_ms)
+    return InProcessBus()
+
+
+def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
+    """The feature extractor named in the config."""
+    return ImageNetMobileNetV2Extractor(cfg.weights, cfg.device, (cfg.input_height, cfg.input_width))
+
+
+def group(settings: Settings, stage: str) -> str:
+    return f"{settings.transport.group_prefix}-{stage}"
+
+
+def run_ingest_stage(
+    settings: Settings, transport: Transport, metrics: PipelineMetrics, stop: threading.Event
+):
+    """Ingest every configured camera; returns crops published per camera."""
+    producer = transport.producer()
+    try:
+        return run_ingest(settings.cameras, settings.ingest, producer, settings.topics.crops, metrics, stop)
+    finally:
+        producer.close()
+
+
+def run_reid_stage(
+    settings: Settings,
+    transport: Transport,
+    metrics: PipelineMetrics,
+    stop: threading.Event,
+    upstream_done: threading.Event | None = None,
+    extractor: FeatureExtractor | None = None,
+) -> None:
+    """Consume crops, publish features, until stopped (or drained once upstream is done)."""
+    extractor = extractor or build_extractor(settings.reid)
+    producer = transport.producer()
+    worker = ReidWorker(extractor, producer, settings.topics.features, settings.topics.dead_letter, metrics)
+    consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
+    try:
+        consume_loop(consumer, worker.handle, stop, upstream_done, max_records=settings.reid.batch_size)
+    finally:
+        producer.close()
+
+
+def run_matcher_stage(
+    settings: Settings,
+    transport: Transport,
+    metrics: PipelineMetrics,
+    stop: threading.Event,
+    upstream_done: threading.Event | None = None,
+) -> None:
+    """Consume features and index them, until stopped (or drained once upstream is done)."""
+    m = settings.matcher
+    index = DetectionIndex(m.milvus_uri, m.collection)
+    producer = transport.producer()
+    worker = MatcherWorker(
+        index, ThumbnailStore(m.thumbnails_dir), producer, settings.topics.dead_letter, metrics
+    )
+    consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
+    try:
+        consume_loop(consumer, worker.handle, stop, upstream_done, max_records=m.batch_size)
+    finally:
+        producer.close()
+        index.close()
+
+
+@dataclass
+class EmbeddedRun:
+    """What an embedded run produced."""
+
+    crops_per_camera: dict[str, int] = field(default_factory=dict)
+    bus: InProcessBus | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def run_embedded(
+    settings: Settings,
+    metrics: PipelineMetrics,
+    stop: threading.Event | None = None,
+    extractor: FeatureExtractor | None = None,
+) -> EmbeddedRun:
+    """All three stages in one process over the in-process bus; returns when every source has ended
+    and everything published has been indexed (or when `stop` is set)."""
+    stop = stop or threading.Event()
+    bus = InProcessBus()
+    run = EmbeddedRun(bus=bus)
+    ingest_done, reid_done = threading.Event(), threading.Event()
+    extractor = extractor or build_extractor(settings.reid)
+
+    def guarded(name: str, fn, done: threading.Event | None) -> None:
+        try:
+            out = fn()
+            if name == "ingest":
+                run.crops_per_camera = out
+        except Exception as exc:
+            log.exception("%s stage failed", name)
+            run.errors.append(f"{name}: {exc}")
+            stop.set()
+        finally:
+            if done is not None:
+                done.set()
+
+    threads = [
+        threading.Thread(
+            target=guarded,
+            args=("ingest", lambda: run_ingest_stage(settings, bus, metrics, stop), ingest_done),
+        ),
+        threading.Thread(
+            target=guarded,
+            args=(
+                "reid",
+                lambda: run_reid_stage(settings, bus, metrics, stop, ingest_done, extractor),
+                reid_done,
+            ),
+        ),
+        threading.Thread(
+            target=guarded,
+            args=("matcher", lambda: run_matcher_stage(settings, bus, metrics, stop, reid_done), None),
+        ),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return run

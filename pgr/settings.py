@@ -1,0 +1,200 @@
+"""Settings: read once from YAML, validated at start, passed down as plain values.
+
+Strings may use ${VAR} or ${VAR:-default}. Relative paths are taken from the directory of the config
+file, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pgr.models import require_model_file
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(ValueError):
+    """The config cannot be used; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetrySettings(_Strict):
+    initial_s: float = Field(1.0, gt=0)
+    max_s: float = Field(30.0, gt=0)
+    max_attempts: int | None = Field(None, ge=1, description="None: retry forever (live cameras)")
+
+
+class CameraSettings(_Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    source: str = Field(
+        min_length=1, description="video file, rtsp:// or http:// URL, webcam index, image folder"
+    )
+    fps: float = Field(2.0, gt=0, description="frames sampled per second")
+    max_frames: int | None = Field(None, ge=1, description="stop after this many source frames")
+    start_time: float | None = Field(None, description="unix time of the first frame of a file source")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if "://" in v:
+            scheme = urlparse(v).scheme
+            if scheme not in {"rtsp", "rtsps", "http", "https", "rtmp", "file"}:
+                raise ValueError(f"unsupported camera URL scheme {scheme!r}")
+        return v
+
+
+class IngestSettings(_Strict):
+    detector_weights: Path
+    tracker: str = "bytetrack.yaml"
+    conf: float = Field(0.4, ge=0, le=1)
+    imgsz: int = Field(640, ge=32)
+    min_box_height: int = Field(48, ge=1)
+    min_box_width: int = Field(16, ge=1)
+    padding: float = Field(0.1, ge=0, le=1)
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    retry: RetrySettings = RetrySettings()
+
+
+class ReidSettings(_Strict):
+    backbone: Literal["mobilenetv2-imagenet"] = "mobilenetv2-imagenet"
+    weights: Path
+    device: str = "auto"
+    batch_size: int = Field(16, ge=1, le=1024)
+    input_height: int = Field(256, ge=32)
+    input_width: int = Field(128, ge=16)
+
+
+class MatcherSettings(_Strict):
+    milvus_uri: str
+    collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    thumbnails_dir: Path
+    batch_size: int = Field(64, ge=1)
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if "://" in v:
+            u = urlparse(v)
+            if u.scheme not in {"http", "https", "tcp"} or not u.hostname:
+                raise ValueError(f"Milvus URI must be a .db file path or http(s)://host:port, got {v!r}")
+            _ = u.port  # raises ValueError on a bad port
+        elif not v.endswith(".db"):
+            raise ValueError(f"a milvus-lite file must end in .db, got {v!r}")
+        return v
+
+
+class TopicSettings(_Strict):
+    crops: str = "pgr.crops"
+    features: str = "pgr.features"
+    dead_letter: str = "pgr.deadletter"
+
+
+class TransportSettings(_Strict):
+    kind: Literal["inprocess", "kafka"] = "inprocess"
+    bootstrap: str | None = None
+    group_prefix: str = "pgr"
+    session_timeout_ms: int = Field(10000, ge=1000)
+
+    @model_validator(mode="after")
+    def _bootstrap(self) -> TransportSettings:
+        if self.kind == "kafka":
+            if not self.bootstrap:
+                raise ValueError("transport.bootstrap is required for kind: kafka")
+            for server in self.bootstrap.split(","):
+                host, _, port = server.strip().rpartition(":")
+                if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                    raise ValueError(f"bad Kafka bootstrap server {server!r}: want host:port")
+        return self
+
+
+class MetricsSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9100, ge=0, le=65535, description="0 picks a free port")
+
+
+class Settings(_Strict):
+    transport: TransportSettings = TransportSettings()
+    topics: TopicSettings = TopicSettings()
+    cameras: list[CameraSettings] = Field(default_factory=list)
+    ingest: IngestSettings
+    reid: ReidSettings
+    matcher: MatcherSettings
+    metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> Settings:
+        ids = [c.id for c in self.cameras]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"camera ids must be unique, got {ids}")
+        return self
+
+
+def load_settings(path: str | Path, overrides: dict | None = None, check_models: bool = True) -> Settings:
+    """Read, expand and validate a YAML config; raise SettingsError with a readable message."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping")
+    raw = _deep_merge(_expand_env(raw), overrides or {})
+    base = path.resolve().parent
+    for section, key in [("ingest", "detector_weights"), ("reid", "weights"), ("matcher", "thumbnails_dir")]:
+        if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
+            raw[section][key] = str(_rel(base, raw[section][key]))
+    if isinstance(raw.get("matcher"), dict):
+        uri = raw["matcher"].get("milvus_uri")
+        if isinstance(uri, str) and "://" not in uri:
+            raw["matcher"]["milvus_uri"] = str(_rel(base, uri))
+    for cam in raw.get("cameras") or []:
+        if isinstance(cam, dict) and isinstance(cam.get("source"), str):
+            src = cam["source"]
+            if "://" not in src and not src.isdigit():
+                cam["source"] = str(_rel(base, src))
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"{path}: {problems}") from None
+    if check_models:
+        require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
+        require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
+    return settings
+
+
+def _rel(base: Path, p: str) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else (base / q).resolve()
+
+
+def _expand_env(v):
+    if isinstance(v, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), v)
+    if isinstance(v, dict):
+        return {k: _expand_env(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_expand_env(x) for x in v]
+    return v
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,200 @@
+"""Moving records between stages: an in-process bus for the embedded mode, Kafka for the distributed one.
+
+Both give the same two handles. A `Producer` sends bytes to a topic. A `Consumer` in a group polls
+batches and commits only when told to, after the downstream write: a consumer that dies before its commit
+has its records delivered again to the group's next member (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One record as delivered: where it came from and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Consumer(Protocol):
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    def producer(self) -> Producer: ...
+    def consumer(self, topics: list[str], group: str) -> Consumer: ...
+
+
+class InProcessBus:
+    """Topics as append-only in-memory logs with consumer-group offsets, for one process.
+
+    It mirrors Kafka's semantics where the pipeline depends on them: a group resumes from its committed
+    offset, records polled but not committed are delivered again to the group's next consumer.
+    """
+
+    def __init__(self) -> None:
+        self._logs: dict[str, list[Message]] = defaultdict(list)
+        self._committed: dict[tuple[str, str], int] = defaultdict(int)
+        self._cond = threading.Condition()
+
+    def producer(self) -> _BusProducer:
+        return _BusProducer(self)
+
+    def consumer(self, topics: list[str], group: str) -> _BusConsumer:
+        return _BusConsumer(self, topics, group)
+
+    def append(self, topic: str, value: bytes, key: bytes | None) -> None:
+        with self._cond:
+            log_ = self._logs[topic]
+            log_.append(Message(topic, 0, len(log_), key, value))
+            self._cond.notify_all()
+
+    def records(self, topic: str) -> list[Message]:
+        """Everything ever sent to a topic (tests and the demo read the dead-letter topic this way)."""
+        with self._cond:
+            return list(self._logs[topic])
+
+    def lag(self, topic: str, group: str) -> int:
+        """Records in the topic that the group has not committed yet."""
+        with self._cond:
+            return len(self._logs[topic]) - self._committed[(group, topic)]
+
+
+class _BusProducer:
+    def __init__(self, bus: InProcessBus) -> None:
+        self._bus = bus
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self._bus.append(topic, value, key)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _BusConsumer:
+    def __init__(self, bus: InProcessBus, topics: list[str], group: str) -> None:
+        self._bus, self._topics, self._group = bus, topics, group
+        with bus._cond:
+            self._position = {t: bus._committed[(group, t)] for t in topics}
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        deadline = time.monotonic() + timeout_s
+        with self._bus._cond:
+            while True:
+                out: list[Message] = []
+                for t in self._topics:
+                    pending = self._bus._logs[t][
+                        self._position[t] : self._position[t] + max_records - len(out)
+                    ]
+                    out.extend(pending)
+                    self._position[t] += len(pending)
+                if out:
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._bus._cond.wait(remaining)
+
+    def commit(self) -> None:
+        with self._bus._cond:
+            for t, pos in self._position.items():
+                self._bus._committed[(self._group, t)] = pos
+
+    def close(self) -> None:
+        pass
+
+
+class KafkaTransport:
+    """Kafka through kafka-python; offsets are committed by hand after the downstream write."""
+
+    def __init__(self, bootstrap: str, client_id: str = "pgr", session_timeout_ms: int = 10000) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.session_timeout_ms = session_timeout_ms
+
+    def producer(self) -> _KafkaProducer:
+        return _KafkaProducer(self)
+
+    def consumer(self, topics: list[str], group: str) -> _KafkaConsumer:
+        return _KafkaConsumer(self, topics, group)
+
+
+class _KafkaProducer:
+    def __init__(self, t: KafkaTransport) -> None:
+        from kafka import KafkaProducer
+
+        self._p = KafkaProducer(
+            bootstrap_servers=t.bootstrap,
+            client_id=t.client_id,
+            acks="all",
+            retries=10,
+            max_request_size=16 * 1024 * 1024,
+            reconnect_backoff_max_ms=5000,
+        )
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self._p.send(topic, value=value, key=key)
+
+    def flush(self) -> None:
+        self._p.flush(timeout=60)
+
+    def close(self) -> None:
+        self._p.close(timeout=10)
+
+
+class _KafkaConsumer:
+    def __init__(self, t: KafkaTransport, topics: list[str], group: str) -> None:
+        from kafka import KafkaConsumer
+
+        self._c = KafkaConsumer(
+            *topics,
+            bootstrap_servers=t.bootstrap,
+            client_id=t.client_id,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=t.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, t.session_timeout_ms // 5),
+            max_poll_interval_ms=600_000,
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            reconnect_backoff_max_ms=5000,
+        )
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out = [
+            Message(tp.topic, tp.partition, m.offset, m.key, m.value)
+            for tp, msgs in batches.items()
+            for m in msgs
+        ]
+        return out
+
+    def commit(self) -> None:
+        self._c.commit()
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)

@@ -1,0 +1,59 @@
+"""The loop every consuming service runs: poll a batch, handle it, commit; dead-letter what is malformed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from pgr.metrics import PipelineMetrics
+from pgr.transport import Consumer, Message, Producer
+
+log = logging.getLogger(__name__)
+
+
+def dead_letter(
+    producer: Producer, topic: str, msg: Message, stage: str, error: str, metrics: PipelineMetrics
+) -> None:
+    """Send a record that cannot be processed, with where it came from and why, to the dead-letter topic."""
+    body = {
+        "stage": stage,
+        "error": error[:2000],
+        "source_topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "failed_at": time.time(),
+        "payload": base64.b64encode(msg.value or b"").decode("ascii"),
+    }
+    producer.send(topic, json.dumps(body).encode(), key=msg.key)
+    metrics.dead_lettered.labels(stage).inc()
+    log.warning("%s: dead-lettered %s[%d]@%d: %s", stage, msg.topic, msg.partition, msg.offset, error[:200])
+
+
+def consume_loop(
+    consumer: Consumer,
+    handle: Callable[[list[Message]], None],
+    stop: threading.Event,
+    upstream_done: threading.Event | None = None,
+    max_records: int = 64,
+    poll_timeout_s: float = 0.5,
+) -> None:
+    """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty.
+
+    `handle` must finish its downstream writes before it returns: the commit that follows it is what
+    makes delivery at-least-once.
+    """
+    try:
+        while not stop.is_set():
+            finishing = upstream_done is not None and upstream_done.is_set()
+            batch = consumer.poll(max_records=max_records, timeout_s=poll_timeout_s)
+            if batch:
+                handle(batch)
+                consumer.commit()
+            elif finishing:
+                return
+    finally:
+        consumer.close()

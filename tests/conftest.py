@@ -1,0 +1,104 @@
+"""Shared fixtures: the assets folder, a real Kafka-protocol broker, configs written per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / "var" / "ultralytics"))
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """../shared/assets beside the checkout, or $PGR_ASSETS."""
+    path = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
+    if not (path / "weights").is_dir():
+        pytest.fail(f"assets not found at {path}: set PGR_ASSETS to the shared assets folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pets_video(assets_dir: Path) -> Path:
+    return assets_dir / "video" / "pets2009_vtest.mp4"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory) -> str:
+    """A real Kafka-protocol broker: $PGR_KAFKA_BOOTSTRAP if set, else a noida-db broker started here."""
+    if os.environ.get("PGR_KAFKA_BOOTSTRAP"):
+        yield os.environ["PGR_KAFKA_BOOTSTRAP"]
+        return
+    exe = shutil.which("noida-db")
+    if exe is None:
+        pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
+    port = free_port()
+    data = tmp_path_factory.mktemp("kafka")
+    log = open(data / "broker.log", "w")  # noqa: SIM115 - open for the broker's lifetime
+    proc = subprocess.Popen(
+        [exe, "start", "--only", "kafka", "--kafka-port", str(port), "--host", "127.0.0.1", "--data-dir", str(data)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, assets_dir: Path):
+    """Write a pipeline config for this test; keys given override the defaults (nested dicts merge)."""
+
+    def write(**overrides) -> Path:
+        cfg = {
+            "transport": {"kind": "inprocess"},
+            "topics": {f: f"t{uuid.uuid4().hex[:8]}.{f}" for f in ("crops", "features", "dead_letter")},
+            "cameras": [],
+            "ingest": {
+                "detector_weights": str(assets_dir / "weights" / "yolo11n_int8_openvino_model"),
+                "retry": {"initial_s": 0.1, "max_s": 0.5, "max_attempts": 3},
+            },
+            "reid": {"weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"), "device": "cpu"},
+            "matcher": {"milvus_uri": str(tmp_path / "index.db"), "thumbnails_dir": str(tmp_path / "thumbs")},
+            "metrics": {"port": 0},
+        }
+        for key, value in overrides.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write

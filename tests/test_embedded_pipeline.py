@@ -1,0 +1,103 @@
+"""The embedded pipeline end to end on real video: detector, CNN, in-process bus and a milvus-lite file."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from matcher.index import DetectionIndex
+from matcher.search import search_image
+from pgr.metrics import PipelineMetrics
+from pgr.pipeline import build_extractor, run_embedded
+from pgr.settings import load_settings
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample of the /metrics page, keyed by (name, sorted labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory, assets_dir: Path, pets_video: Path):
+    """One embedded run over the first 30 s of PETS 2009 at 2 fps, shared by the tests below."""
+    from tests.conftest import REPO  # noqa: F401  (conftest sets the ultralytics env)
+
+    tmp = tmp_path_factory.mktemp("embedded")
+    import yaml
+
+    cfg = {
+        "cameras": [{"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 300, "start_time": 1000.0}],
+        "ingest": {"detector_weights": str(assets_dir / "weights" / "yolo11n_int8_openvino_model")},
+        "reid": {"weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"), "device": "cpu"},
+        "matcher": {"milvus_uri": str(tmp / "index.db"), "thumbnails_dir": str(tmp / "thumbs")},
+        "metrics": {"port": 0},
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
+    settings = load_settings(tmp / "c.yaml")
+    metrics = PipelineMetrics()
+    port = metrics.serve("127.0.0.1", 0)
+    extractor = build_extractor(settings.reid)
+    run = run_embedded(settings, metrics, stop=threading.Event(), extractor=extractor)
+    assert run.errors == []
+    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    yield settings, run, index, extractor, port
+    index.close()
+
+
+def test_persons_are_detected_tracked_and_indexed(embedded_run):
+    settings, run, index, _, _ = embedded_run
+    published = run.crops_per_camera["pets"]
+    assert published >= 20, "PETS 2009 shows several people in its first 30 s"
+    assert index.count() == published
+    rows = index.get(index.all_ids())
+    assert {r.camera_id for r in rows} == {"pets"}
+    assert all(Path(r.thumbnail).is_file() for r in rows)
+    assert all(0 <= r.frame_index < 300 and r.timestamp == pytest.approx(1000.0 + r.frame_index / 10) for r in rows)
+    assert run.bus.records(settings.topics.dead_letter) == []
+
+
+def test_a_crop_finds_its_own_track_first(embedded_run):
+    _, _, index, extractor, _ = embedded_run
+    rows = index.get(index.all_ids())
+    tracks = Counter(r.track_id for r in rows if r.track_id >= 0)
+    track, n = tracks.most_common(1)[0]
+    assert n >= 4
+    query = min((r for r in rows if r.track_id == track), key=lambda r: r.frame_index)
+    hits = search_image(index, extractor, Path(query.thumbnail), top_k=5)
+    assert hits[0].detection_id == query.detection_id and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    others = [h for h in hits if h.detection_id != query.detection_id]
+    assert [h.track_id for h in others[:2]] == [track, track]
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+
+
+def test_search_filters_by_camera_and_time(embedded_run):
+    _, _, index, extractor, _ = embedded_run
+    rows = index.get(index.all_ids())
+    query = Path(rows[0].thumbnail)
+    assert search_image(index, extractor, query, camera="elsewhere") == []
+    later = search_image(index, extractor, query, top_k=50, since=1015.0)
+    assert later and all(h.timestamp >= 1015.0 for h in later)
+
+
+def test_metrics_endpoint_matches_what_flowed(embedded_run):
+    _, run, index, _, port = embedded_run
+    m = scrape(port)
+    cam = (("camera", "pets"),)
+    assert m[("pgr_frames_read_total", cam)] == 60  # 300 frames at 10 fps sampled at 2 fps
+    assert m[("pgr_crops_published_total", cam)] == run.crops_per_camera["pets"]
+    assert m[("pgr_detections_total", cam)] >= m[("pgr_crops_published_total", cam)]
+    assert m[("pgr_features_extracted_total", ())] == run.crops_per_camera["pets"]
+    assert m[("pgr_records_indexed_total", ())] == index.count()
+    assert m[("pgr_stage_latency_seconds_count", (("stage", "detect"),))] == 60
+    assert m[("pgr_stage_latency_seconds_count", (("stage", "extract"),))] >= 1
+    assert m[("pgr_frame_to_searchable_seconds_count", ())] == index.count()
