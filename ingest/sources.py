@@ -132,6 +132,7 @@ def read_frames(
     live = is_live(cam.source)
     start_time = cam.start_time if cam.start_time is not None else time.time()
     index = -1  # index of the last frame taken from the source, kept across reconnects
+    opened_at = time.monotonic()
     last_kept_at = -float("inf")
     while not stop.is_set():
         src = _open_with_retry(cam, retry, metrics, stop)
@@ -164,6 +165,8 @@ def read_frames(
                         continue
                 elif int(index / step) == int((index - 1) / step) and index > 0:
                     continue
+                if cam.realtime and not live:
+                    stop.wait(max(0.0, opened_at + index / native_fps - time.monotonic()))
                 image = src.retrieve()
                 if image is None or image.ndim != 3 or image.shape[0] < 8 or image.shape[1] < 8:
                     metrics.frames_dropped.labels(cam.id, "corrupt").inc()

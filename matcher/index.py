@@ -18,7 +18,7 @@ from pymilvus import DataType, MilvusClient
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
 _CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model"]
+_OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model", "read_at", "indexed_at"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class IndexedDetection:
     det_score: float
     thumbnail: str
     model: str
+    read_at: float
+    indexed_at: float
     score: float = float("nan")
 
 
@@ -51,6 +53,7 @@ class IndexRow:
     thumbnail: str
     model: str
     instance: np.ndarray
+    read_at: float = 0.0
 
 
 class DetectionIndex:
@@ -85,6 +88,8 @@ class DetectionIndex:
         schema.add_field("score", DataType.FLOAT)
         schema.add_field("thumbnail", DataType.VARCHAR, max_length=1024)
         schema.add_field("model", DataType.VARCHAR, max_length=128)
+        schema.add_field("read_at", DataType.DOUBLE)  # when ingest decoded the frame (wall clock)
+        schema.add_field("indexed_at", DataType.DOUBLE)  # when this row was written
         params = self.client.prepare_index_params()
         params.add_index(VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
         self.client.create_collection(self.collection, schema=schema, index_params=params)
@@ -101,6 +106,7 @@ class DetectionIndex:
         bad = [r.detection_id for r in rows if r.instance.shape != (self.dim,)]
         if bad:
             raise ValueError(f"vectors of {bad[:3]} do not have the index dimension {self.dim}")
+        now = time.time()
         data = [
             {
                 "id": r.detection_id,
@@ -113,6 +119,8 @@ class DetectionIndex:
                 "score": float(r.det_score),
                 "thumbnail": r.thumbnail,
                 "model": r.model,
+                "read_at": float(r.read_at),
+                "indexed_at": now,
             }
             for r in rows
         ]
@@ -183,7 +191,13 @@ class DetectionIndex:
         return [_to_detection(h["id"], h["entity"], score=float(h["distance"])) for h in res[0]]
 
     def close(self) -> None:
+        """Close the client; for a milvus-lite file also stop its in-process server, which releases the
+        file lock so that another process (the next matcher, a search command) may open it."""
         self.client.close()
+        if "://" not in self.uri:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
     def _retry(self, what: str, fn):
         delay = 0.5
@@ -209,5 +223,7 @@ def _to_detection(det_id: str, e: dict, score: float = float("nan")) -> IndexedD
         det_score=float(e["score"]),
         thumbnail=e["thumbnail"],
         model=e["model"],
+        read_at=float(e["read_at"]),
+        indexed_at=float(e["indexed_at"]),
         score=score,
     )

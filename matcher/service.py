@@ -63,6 +63,7 @@ class MatcherWorker:
                     thumbnail=str(thumb),
                     model=rec.model,
                     instance=rec.instance,
+                    read_at=det.read_at,
                 )
             )
         self.index.upsert(rows)

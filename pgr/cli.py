@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     # milvus-lite serves pymilvus through an in-process gRPC server that logs a traceback for every
     # optional call it does not implement (AllocTimestamp); those are not errors of ours.
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         if args.command == "demo":
             return _demo(args)
@@ -93,6 +94,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _run(args) -> int:
+    stop = _stop_on_signals()  # first, so a SIGTERM during start-up is a clean stop too
     from pgr.metrics import PipelineMetrics
     from pgr.pipeline import build_transport, run_ingest_stage, run_matcher_stage, run_reid_stage
 
@@ -104,7 +106,6 @@ def _run(args) -> int:
     metrics = PipelineMetrics()
     port = metrics.serve(settings.metrics.host, settings.metrics.port)
     log.info("%s: metrics on http://%s:%d/metrics", args.stage, settings.metrics.host, port)
-    stop = _stop_on_signals()
     transport = build_transport(settings)
     stage = {"ingest": run_ingest_stage, "reid": run_reid_stage, "matcher": run_matcher_stage}[args.stage]
     result = stage(settings, transport, metrics, stop)

@@ -25,7 +25,12 @@ def build_transport(settings: Settings) -> Transport:
     """The in-process bus or a Kafka client, per `transport.kind`."""
     t = settings.transport
     if t.kind == "kafka":
-        return KafkaTransport(t.bootstrap or "", session_timeout_ms=t.session_timeout_ms)
+        return KafkaTransport(
+            t.bootstrap or "",
+            session_timeout_ms=t.session_timeout_ms,
+            partitions=t.partitions,
+            instance_id=t.instance_id,
+        )
     return InProcessBus()
 
 

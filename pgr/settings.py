@@ -43,6 +43,9 @@ class CameraSettings(_Strict):
     fps: float = Field(2.0, gt=0, description="frames sampled per second")
     max_frames: int | None = Field(None, ge=1, description="stop after this many source frames")
     start_time: float | None = Field(None, description="unix time of the first frame of a file source")
+    realtime: bool = Field(
+        False, description="pace a file source at its native frame rate, like a live camera"
+    )
 
     @field_validator("source")
     @classmethod
@@ -105,6 +108,16 @@ class TransportSettings(_Strict):
     bootstrap: str | None = None
     group_prefix: str = "pgr"
     session_timeout_ms: int = Field(10000, ge=1000)
+    partitions: int = Field(4, ge=1, description="partitions of topics this system creates")
+    instance_id: str | None = Field(
+        None,
+        description="static group membership: a restarted service with the same id takes its place at once",
+    )
+
+    @field_validator("instance_id")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
 
     @model_validator(mode="after")
     def _bootstrap(self) -> TransportSettings:

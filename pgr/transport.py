@@ -7,6 +7,7 @@ has its records delivered again to the group's next member (at-least-once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -130,16 +131,43 @@ class _BusConsumer:
 class KafkaTransport:
     """Kafka through kafka-python; offsets are committed by hand after the downstream write."""
 
-    def __init__(self, bootstrap: str, client_id: str = "pgr", session_timeout_ms: int = 10000) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str = "pgr",
+        session_timeout_ms: int = 10000,
+        partitions: int = 4,
+        instance_id: str | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.instance_id = instance_id
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
+        self.partitions = partitions
 
     def producer(self) -> _KafkaProducer:
         return _KafkaProducer(self)
 
     def consumer(self, topics: list[str], group: str) -> _KafkaConsumer:
+        self.ensure_topics(topics)
         return _KafkaConsumer(self, topics, group)
+
+    def ensure_topics(self, topics: list[str]) -> None:
+        """Create missing topics with `partitions` partitions, so that consumers started before any
+        producer get their assignment at once and several workers of one group share the load."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+        try:
+            missing = [t for t in topics if t not in set(admin.list_topics())]
+            if missing:
+                new = [NewTopic(t, num_partitions=self.partitions, replication_factor=1) for t in missing]
+                with contextlib.suppress(TopicAlreadyExistsError):  # another service created it first
+                    admin.create_topics(new)
+        finally:
+            admin.close()
 
 
 class _KafkaProducer:
@@ -174,6 +202,7 @@ class _KafkaConsumer:
             bootstrap_servers=t.bootstrap,
             client_id=t.client_id,
             group_id=group,
+            group_instance_id=t.instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=t.session_timeout_ms,

@@ -70,7 +70,7 @@ def load_ordered_state(module: torch.nn.Module, weights: Path) -> None:
     for (key, want), (src_key, tensor) in zip(target.items(), state.items(), strict=True):
         if tensor.shape != want.shape:
             raise ValueError(
-                f"{weights}: tensor {src_key} has shape {tuple(tensor.shape)}, {key} needs {tuple(want.shape)}"
+                f"{weights}: tensor {src_key} is {tuple(tensor.shape)}, {key} needs {tuple(want.shape)}"
             )
         remapped[key] = tensor
     module.load_state_dict(remapped)

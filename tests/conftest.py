@@ -62,19 +62,31 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     data = tmp_path_factory.mktemp("kafka")
     log = open(data / "broker.log", "w")  # noqa: SIM115 - open for the broker's lifetime
     proc = subprocess.Popen(
-        [exe, "start", "--only", "kafka", "--kafka-port", str(port), "--host", "127.0.0.1", "--data-dir", str(data)],
+        [
+            exe,
+            "start",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(data),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # noida-db's launcher runs the broker as a child: stop the whole group
     )
     try:
         wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
 
@@ -91,7 +103,10 @@ def write_config(tmp_path: Path, assets_dir: Path):
                 "detector_weights": str(assets_dir / "weights" / "yolo11n_int8_openvino_model"),
                 "retry": {"initial_s": 0.1, "max_s": 0.5, "max_attempts": 3},
             },
-            "reid": {"weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"), "device": "cpu"},
+            "reid": {
+                "weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"),
+                "device": "cpu",
+            },
             "matcher": {"milvus_uri": str(tmp_path / "index.db"), "thumbnails_dir": str(tmp_path / "thumbs")},
             "metrics": {"port": 0},
         }

@@ -36,9 +36,14 @@ def embedded_run(tmp_path_factory, assets_dir: Path, pets_video: Path):
     import yaml
 
     cfg = {
-        "cameras": [{"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 300, "start_time": 1000.0}],
+        "cameras": [
+            {"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 300, "start_time": 1000.0}
+        ],
         "ingest": {"detector_weights": str(assets_dir / "weights" / "yolo11n_int8_openvino_model")},
-        "reid": {"weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"), "device": "cpu"},
+        "reid": {
+            "weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"),
+            "device": "cpu",
+        },
         "matcher": {"milvus_uri": str(tmp / "index.db"), "thumbnails_dir": str(tmp / "thumbs")},
         "metrics": {"port": 0},
     }
@@ -62,7 +67,9 @@ def test_persons_are_detected_tracked_and_indexed(embedded_run):
     rows = index.get(index.all_ids())
     assert {r.camera_id for r in rows} == {"pets"}
     assert all(Path(r.thumbnail).is_file() for r in rows)
-    assert all(0 <= r.frame_index < 300 and r.timestamp == pytest.approx(1000.0 + r.frame_index / 10) for r in rows)
+    assert all(
+        0 <= r.frame_index < 300 and r.timestamp == pytest.approx(1000.0 + r.frame_index / 10) for r in rows
+    )
     assert run.bus.records(settings.topics.dead_letter) == []
 
 

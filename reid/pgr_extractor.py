@@ -1,0 +1,93 @@
+"""The PGR feature extractor: BGR crops in, instance / part / pixel features out (`FeatureExtractor`).
+
+Without a PGR checkpoint the backbone is ImageNet-initialised and the part classifier psi is untrained
+(random), so parts, visibility and foreground are arbitrary; the name then says "untrained".
+
+>>> ex = PGRExtractor("mobilenetv2", Path("mobilenetv2_imagenet.pt"), pixel_dim=128)  # doctest: +SKIP
+>>> f = ex.extract([crop])[0]  # doctest: +SKIP
+>>> f.instance.shape, f.parts.shape, f.pixels.shape[1], f.pixel_coords.dtype  # doctest: +SKIP
+((1280,), (5, 1280), 128, dtype('int16'))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reid.compact import orthogonal_projection
+from reid.extractor import CropFeatures, crops_to_tensor, pick_device
+from reid.pgr_model import PGRConfig, PGRModel
+
+
+class PGRExtractor:
+    """PGR features per crop: L2-normalised instance (float32) and parts (`part_dtype`), part visibility,
+    and the foreground pixel vectors (L2-normalised, optionally projected to `pixel_dim` by a fixed
+    orthogonal projection, stored as `pixel_dtype`) with their int16 (row, col) feature-map cells.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenetv2",
+        weights: Path | None = None,
+        checkpoint: Path | None = None,
+        device: str = "auto",
+        input_size: tuple[int, int] = (256, 128),
+        pixel_dtype: type[np.floating] = np.float16,
+        pixel_dim: int | None = None,
+        part_dtype: type[np.floating] = np.float16,
+        num_parts: int = 5,
+        reduce_dim: int | None = None,
+        batch_size: int = 64,
+        projection_seed: int = 0,
+    ) -> None:
+        self.device = pick_device(device)
+        self.input_size = input_size
+        self.pixel_dtype, self.part_dtype, self.batch_size = pixel_dtype, part_dtype, batch_size
+        if checkpoint is not None:
+            model = PGRModel.load(checkpoint)
+            if model.config.backbone != backbone:
+                raise ValueError(
+                    f"{checkpoint}: checkpoint backbone is {model.config.backbone!r}, not {backbone!r}"
+                )
+        else:
+            model = PGRModel(PGRConfig(backbone, num_parts, reduce_dim), weights)
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.projection = None
+        if pixel_dim is not None and pixel_dim < model.dim:
+            self.projection = orthogonal_projection(model.dim, pixel_dim, projection_seed).to(self.device)
+        trained = "-untrained" if checkpoint is None else f"-{Path(checkpoint).stem}"
+        px = "" if self.projection is None else f"-px{pixel_dim}s{projection_seed}"
+        self.name = f"pgr-{backbone}{trained}{px}"
+
+    @torch.inference_mode()
+    def extract(self, crops: list[np.ndarray]) -> list[CropFeatures]:
+        """Features for a batch of BGR uint8 crops of any size."""
+        result: list[CropFeatures] = []
+        for start in range(0, len(crops), self.batch_size):
+            result.extend(self._extract_batch(crops[start : start + self.batch_size]))
+        return result
+
+    def _extract_batch(self, crops: list[np.ndarray]) -> list[CropFeatures]:
+        out = self.model(crops_to_tensor(crops, self.input_size, self.device))
+        instance = F.normalize(out.instance, dim=-1).cpu().numpy().astype(np.float32)
+        parts = F.normalize(out.parts, dim=-1).cpu().numpy().astype(self.part_dtype)
+        visible = out.visibility.cpu().numpy()
+        pixels = out.features.permute(0, 2, 3, 1)  # (n, h, w, d)
+        if self.projection is not None:
+            pixels = pixels @ self.projection
+        pixels = F.normalize(pixels, dim=-1)
+        result = []
+        for i, fg in enumerate(out.foreground):
+            result.append(
+                CropFeatures(
+                    instance=instance[i],
+                    parts=parts[i],
+                    part_visibility=visible[i],
+                    pixels=pixels[i][fg].cpu().numpy().astype(self.pixel_dtype),
+                    pixel_coords=fg.nonzero().cpu().numpy().astype(np.int16),
+                )
+            )
+        return result

@@ -1,0 +1,123 @@
+"""The PGR network: backbone, optional 1x1 reduction, part classifier psi, and the pooling of Eqs. 1 and 3.
+
+The pooling is in plain functions (`instance_feature`, `part_features`, `part_visibility`) so the trainer
+and the evaluator call the same code as inference. A checkpoint is `{"format", "config", "state_dict"}`.
+
+>>> model = PGRModel(PGRConfig(backbone="resnet50")).eval()
+>>> out = model(torch.zeros(2, 3, 256, 128))
+>>> tuple(out.parts.shape), tuple(out.probs.shape)
+((2, 5, 2048), (2, 6, 16, 8))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pgr.models import require_model_file
+from reid.backbones import build_backbone
+
+CHECKPOINT_FORMAT = "pgr-v1"
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class PGRConfig:
+    """What a PGR model is made of; stored in every checkpoint."""
+
+    backbone: str = "mobilenetv2"
+    num_parts: int = 5  # p; the classifier has p + 1 classes, class 0 = background
+    reduce_dim: int | None = None  # d after a 1x1 conv+BN+ReLU; None keeps the backbone's channels
+
+
+@dataclass
+class PGROutput:
+    """Everything inference needs from one forward pass (n crops, d channels, h x w cells, p parts)."""
+
+    features: torch.Tensor  # X: (n, d, h, w)
+    logits: torch.Tensor  # psi(X): (n, p+1, h, w)
+    probs: torch.Tensor  # P = softmax over classes: (n, p+1, h, w)
+    mask: torch.Tensor  # M = sum of the foreground part probabilities: (n, h, w)
+    instance: torch.Tensor  # x_ins, Eq. 1: (n, d), not normalised
+    parts: torch.Tensor  # p_k, Eq. 3: (n, p, d), not normalised
+    visibility: torch.Tensor  # v_k: (n, p) bool, part k is the argmax of some cell
+    labels: torch.Tensor  # argmax class per cell: (n, h, w) long, 0 = background
+    foreground: torch.Tensor  # labels != 0: (n, h, w) bool
+
+
+def instance_feature(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: x_ins = sum_ij M_ij X_ij / sum_ij M_ij, for X (n, d, h, w) and M (n, h, w)."""
+    return torch.einsum("ndhw,nhw->nd", x, mask) / mask.sum(dim=(1, 2)).clamp_min(_EPS)[:, None]
+
+
+def part_features(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: p_k = sum_ij P_ijk X_ij / sum_ij P_ijk for k = 1..p, from P (n, p+1, h, w): (n, p, d)."""
+    fg = probs[:, 1:]
+    return torch.einsum("ndhw,nkhw->nkd", x, fg) / fg.sum(dim=(2, 3)).clamp_min(_EPS)[:, :, None]
+
+
+def part_visibility(labels: torch.Tensor, num_parts: int) -> torch.Tensor:
+    """v_k = 1 iff some cell's argmax class is k (k = 1..p): (n, p) bool from labels (n, h, w)."""
+    classes = torch.arange(1, num_parts + 1, device=labels.device)
+    return (labels.flatten(1)[:, None, :] == classes[None, :, None]).any(dim=2)
+
+
+class PGRModel(nn.Module):
+    """Backbone -> [1x1 conv+BN+ReLU to d] -> X; psi = 1x1 conv to p+1 classes; pooled by Eqs. 1 and 3."""
+
+    def __init__(self, config: PGRConfig, backbone_weights: Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, channels = build_backbone(config.backbone, backbone_weights)
+        self.reduce: nn.Module = nn.Identity()
+        if config.reduce_dim is not None:
+            self.reduce = nn.Sequential(
+                nn.Conv2d(channels, config.reduce_dim, 1, bias=False),
+                nn.BatchNorm2d(config.reduce_dim),
+                nn.ReLU(inplace=True),
+            )
+            channels = config.reduce_dim
+        self.dim = channels
+        self.part_classifier = nn.Conv2d(channels, config.num_parts + 1, 1)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """X (n, d, h, w) for ImageNet-normalised images (n, 3, H, W)."""
+        return self.reduce(self.backbone(images))
+
+    def forward(self, images: torch.Tensor) -> PGROutput:
+        x = self.feature_map(images).float()
+        logits = self.part_classifier(x)
+        probs = logits.softmax(dim=1)
+        mask = probs[:, 1:].sum(dim=1)
+        labels = probs.argmax(dim=1)
+        return PGROutput(
+            features=x,
+            logits=logits,
+            probs=probs,
+            mask=mask,
+            instance=instance_feature(x, mask),
+            parts=part_features(x, probs),
+            visibility=part_visibility(labels, self.config.num_parts),
+            labels=labels,
+            foreground=labels != 0,
+        )
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint that `load` rebuilds without the backbone's ImageNet file."""
+        torch.save(
+            {"format": CHECKPOINT_FORMAT, "config": asdict(self.config), "state_dict": self.state_dict()},
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> PGRModel:
+        """Rebuild a model from a checkpoint written by `save`; ModelFileMissing when it is not there."""
+        ckpt = torch.load(require_model_file(path, "PGR checkpoint"), map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        model = cls(PGRConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return model

@@ -1,0 +1,207 @@
+"""The three stages as three processes over a real Kafka-protocol broker, with a milvus-lite file.
+
+One scenario, in order: ingest a real video (plus a camera that cannot be opened), index everything,
+dead-letter malformed records while valid ones keep flowing, then restart the matcher twice (a clean
+restart with full redelivery, and a SIGKILL mid-stream) and check that the index loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from matcher.index import DetectionIndex
+from matcher.search import search_image
+from pgr.messages import decode_crop, encode_crop
+from pgr.pipeline import build_extractor
+from pgr.settings import load_settings
+from tests.conftest import free_port
+from tests.test_embedded_pipeline import scrape
+
+pytestmark = pytest.mark.kafka
+
+
+class Service:
+    """A `pgr run STAGE` process with its own metrics port."""
+
+    started: list[Service] = []
+
+    def __init__(self, stage: str, config: Path, log_dir: Path, group: str) -> None:
+        self.stage, self.port = stage, free_port()
+        env = {
+            **os.environ,
+            "PGR_METRICS_PORT": str(self.port),
+            "PGR_GROUP_PREFIX": group,
+            "PGR_INSTANCE_ID": f"{stage}-{group}",
+        }
+        self.log = log_dir / f"{stage}-{group}-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgr.cli", "run", stage, "--config", str(config)],
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        Service.started.append(self)
+
+    def metric(self, name: str, labels: tuple = ()) -> float:
+        try:
+            return scrape(self.port).get((name, labels), 0.0)
+        except OSError:
+            return -1.0
+
+    def wait_metric(self, name: str, want: float, labels: tuple = (), timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"{self.stage} exited: {self.log.read_text()[-3000:]}"
+            if self.metric(name, labels) >= want:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{self.stage}: {name} never reached {want}: {self.log.read_text()[-3000:]}")
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Until the service answers on its metrics port."""
+        deadline = time.monotonic() + timeout_s
+        while self.metric("pgr_records_indexed_total") < 0:
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
+            time.sleep(0.3)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_services():
+    """A failed test leaves no service running."""
+    yield
+    for service in Service.started:
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait()
+    Service.started.clear()
+
+
+def topic_records(bootstrap: str, topic: str) -> list[bytes]:
+    """Every record in a topic, read by a throwaway consumer."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
+    parts = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or [])]
+    c.assign(parts)
+    c.seek_to_beginning(*parts)
+    end = c.end_offsets(parts)
+    out = []
+    while any(c.position(p) < end[p] for p in parts):
+        for msgs in c.poll(timeout_ms=1000).values():
+            out.extend(m.value for m in msgs)
+    c.close()
+    return out
+
+
+def group_lag(bootstrap: str, group: str, topic: str) -> int:
+    """Records in `topic` that `group` has not committed."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+    end = c.end_offsets(parts)
+    lag = sum(end[p] - (c.committed(p) or 0) for p in parts)
+    c.close(autocommit=False)
+    return lag
+
+
+def wait_drained(service: Service, bootstrap: str, group: str, topic: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while group_lag(bootstrap, group, topic) > 0:
+        assert service.proc.poll() is None, service.log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{group} still lags on {topic}"
+        time.sleep(0.5)
+
+
+def index_count(settings) -> int:
+    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    try:
+        return index.count()
+    finally:
+        index.close()
+
+
+def test_three_processes_over_kafka(kafka_bootstrap, write_config, pets_video, tmp_path):
+    config = write_config(
+        transport={
+            "kind": "kafka",
+            "bootstrap": kafka_bootstrap,
+            "group_prefix": "${PGR_GROUP_PREFIX}",
+            "instance_id": "${PGR_INSTANCE_ID:-}",
+        },
+        cameras=[
+            {"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 300, "start_time": 1000.0},
+            {"id": "broken", "source": "rtsp://127.0.0.1:9/nothing-here", "fps": 2},
+        ],
+        metrics={"port": "${PGR_METRICS_PORT}"},
+        matcher={"batch_size": 8},  # small batches, so the SIGKILL below is likely to land mid-stream
+    )
+    os.environ["PGR_GROUP_PREFIX"], os.environ["PGR_METRICS_PORT"] = "check", "0"
+    settings = load_settings(config)
+    topics = settings.topics
+
+    reid = Service("reid", config, tmp_path, "g1")
+    matcher = Service("matcher", config, tmp_path, "g1")
+    ingest = Service("ingest", config, tmp_path, "g1")
+    assert ingest.proc.wait(timeout=300) == 0, ingest.log.read_text()[-3000:]
+    log = ingest.log.read_text()
+    assert "camera broken: giving up after 3 attempts" in log, "the broken camera was retried, then given up"
+
+    crops = topic_records(kafka_bootstrap, topics.crops)
+    n = len(crops)
+    assert n >= 20
+    assert {decode_crop(c).detection.camera_id for c in crops} == {"pets"}
+    matcher.wait_metric("pgr_records_indexed_total", n)
+
+    # Malformed records are dead-lettered; a valid record sent after them is still indexed.
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(topics.crops, b"\x00not a record")
+    producer.send(topics.features, b'{"kind": "pgr.feature", "version": 1}')
+    extra = decode_crop(crops[0])
+    moved = type(extra.detection)(**{**extra.detection.__dict__, "detection_id": "pets:late:1"})
+    producer.send(topics.crops, encode_crop(type(extra)(moved, extra.jpeg)))
+    producer.flush()
+    reid.wait_metric("pgr_dead_lettered_total", 1, (("stage", "reid"),))
+    matcher.wait_metric("pgr_dead_lettered_total", 1, (("stage", "matcher"),))
+    matcher.wait_metric("pgr_records_indexed_total", n + 1)
+    dead = [json.loads(r) for r in topic_records(kafka_bootstrap, topics.dead_letter)]
+    assert sorted(d["stage"] for d in dead) == ["matcher", "reid"]
+    assert {d["source_topic"] for d in dead} == {topics.crops, topics.features}
+    assert reid.stop() == 0 and matcher.stop() == 0
+    assert index_count(settings) == n + 1
+
+    # A crop from the index, searched for, finds its own track first.
+    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    rows = index.get(index.all_ids())
+    track, _ = Counter(r.track_id for r in rows if r.track_id >= 0).most_common(1)[0]
+    query = min((r for r in rows if r.track_id == track), key=lambda r: r.frame_index)
+    hits = search_image(index, build_extractor(settings.reid), Path(query.thumbnail), top_k=3)
+    assert [h.track_id for h in hits] == [track] * 3
+    index.close()
+
+    # A restarted matcher in a fresh group gets every record again: nothing is duplicated.
+    again = Service("matcher", config, tmp_path, "g2")
+    again.wait_metric("pgr_records_indexed_total", n + 1)
+    assert again.stop() == 0
+    assert index_count(settings) == n + 1
+
+    # Killed mid-stream, a matcher commits nothing it has not written; its successor (same static member
+    # id, so it takes the partitions over at once) finishes the job.
+    killed = Service("matcher", config, tmp_path, "g3")
+    killed.wait_metric("pgr_records_indexed_total", 1)
+    killed.stop(signal.SIGKILL)
+    successor = Service("matcher", config, tmp_path, "g3")
+    successor.wait_ready()
+    wait_drained(successor, kafka_bootstrap, "g3-matcher", topics.features)
+    assert successor.stop() == 0
+    assert index_count(settings) == n + 1
