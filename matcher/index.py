@@ -37,6 +37,9 @@ class IndexedDetection:
     read_at: float
     indexed_at: float
     score: float = float("nan")
+    s_ins: float = float("nan")
+    s_part: float = float("nan")
+    s_pixel: float = float("nan")
 
 
 @dataclass(frozen=True)

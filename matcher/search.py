@@ -1,14 +1,22 @@
-"""Operator search: embed a person image with the pipeline's extractor and query the index."""
+"""Operator search: embed a person image with the pipeline's extractor, query the index, and re-rank the
+candidates progressively with part and pixel features (PGR).
+
+Milvus answers the first stage: its cosine ranking of the instance vectors is the s_ins ranking, so its
+top N1 are exactly the candidates progressive retrieval re-ranks with s_part, then the top N2 with s_pixel.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex, IndexedDetection
 from pgr.images import read_image
 from reid.extractor import FeatureExtractor
+from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
 
 
 def search_image(
@@ -19,8 +27,45 @@ def search_image(
     camera: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    features: FeatureStore | None = None,
+    params: RetrievalParams | None = None,
 ) -> list[IndexedDetection]:
-    """Ranked detections most like the person in `image` (a file or a BGR array)."""
+    """Ranked detections most like the person in `image` (a file or a BGR array).
+
+    With a feature store and a PGR extractor the ranking is progressive (score = s2 for the top N2, s1 for
+    the rest of the top N1); otherwise it is the instance cosine alone.
+    """
     pixels = read_image(image) if isinstance(image, Path) else image
-    vector = extractor.extract([pixels])[0].instance
-    return index.search(vector, top_k=top_k, camera=camera, since=since, until=until)
+    query = extractor.extract([pixels])[0]
+    if features is None or query.parts is None:
+        return index.search(query.instance, top_k=top_k, camera=camera, since=since, until=until)
+    params = params or RetrievalParams()
+    hits = index.search(query.instance, top_k=max(params.n1, top_k), camera=camera, since=since, until=until)
+    stored = [features.load(h.camera_id, h.detection_id) for h in hits]
+    usable = [i for i, f in enumerate(stored) if f is not None and f.parts is not None]
+    if not usable:
+        return hits[:top_k]
+    gallery = GalleryFeatures.from_crop_features([stored[i] for i in usable])
+    if gallery.pixels.shape[-1] != query.pixels.shape[-1]:
+        raise ValueError(
+            f"stored pixel features have {gallery.pixels.shape[-1]} dims, the query has "
+            f"{query.pixels.shape[-1]}: the index was built with another model setting"
+        )
+    # the candidates come sorted by s_ins, so progressive retrieval on them (which re-ranks its own top N1
+    # and keeps the rest in s_ins order) is progressive retrieval on the whole filtered gallery
+    ranked = progressive_retrieval(GalleryFeatures.from_crop_features([query]), gallery, params)
+    out = []
+    for col, row in enumerate(ranked.indices[0].tolist()):
+        out.append(
+            replace(
+                hits[usable[row]],
+                score=float(ranked.score[0, col]),
+                s_ins=float(ranked.s_ins[0, col]),
+                s_part=float(ranked.s_part[0, col]),
+                s_pixel=float(ranked.s_pixel[0, col]),
+            )
+        )
+    # detections without stored parts (indexed by an instance-only model) follow, by instance score
+    reranked = set(usable)
+    out += [h for i, h in enumerate(hits) if i not in reranked]
+    return out[:top_k]

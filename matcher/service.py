@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex, IndexRow
 from matcher.thumbnails import ThumbnailStore
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
@@ -23,11 +24,13 @@ class MatcherWorker:
         self,
         index: DetectionIndex,
         thumbnails: ThumbnailStore,
+        features: FeatureStore,
         producer: Producer,
         dead_letter_topic: str,
         metrics: PipelineMetrics,
     ) -> None:
-        self.index, self.thumbnails, self.producer, self.metrics = index, thumbnails, producer, metrics
+        self.index, self.thumbnails, self.features = index, thumbnails, features
+        self.producer, self.metrics = producer, metrics
         self.dead_letter_topic = dead_letter_topic
 
     def handle(self, messages: list[Message]) -> None:
@@ -51,6 +54,7 @@ class MatcherWorker:
         for rec in records.values():
             det = rec.detection
             thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
+            self.features.save(det.camera_id, det.detection_id, rec.crop_features())
             rows.append(
                 IndexRow(
                     detection_id=det.detection_id,

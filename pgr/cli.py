@@ -86,6 +86,14 @@ def parse_time(value: str | None) -> float | None:
         raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
 
 
+def retrieval_params(settings):
+    """Progressive retrieval settings from the matcher config."""
+    from reid.retrieval import RetrievalParams
+
+    m = settings.matcher
+    return RetrievalParams(n1=m.n1, a1=m.a1, n2=m.n2, a2=m.a2)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -116,6 +124,7 @@ def _run(args) -> int:
 def _demo(args) -> int:
     import shutil
 
+    from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
     from matcher.search import search_image
     from matcher.sheet import write_contact_sheet
@@ -127,8 +136,10 @@ def _demo(args) -> int:
         raise SettingsError(f"{args.config}: the demo runs embedded: transport.kind must be inprocess")
     m = settings.matcher
     if not args.keep and "://" not in m.milvus_uri:
-        Path(m.milvus_uri).unlink(missing_ok=True)
+        db = Path(m.milvus_uri)  # milvus-lite 3 keeps a .db as a folder; older releases as a file
+        shutil.rmtree(db, ignore_errors=True) if db.is_dir() else db.unlink(missing_ok=True)
         shutil.rmtree(m.thumbnails_dir, ignore_errors=True)
+        shutil.rmtree(m.feature_store_dir, ignore_errors=True)
     metrics = PipelineMetrics()
     port = metrics.serve(settings.metrics.host, settings.metrics.port)
     print(f"metrics: http://{settings.metrics.host}:{port}/metrics")
@@ -164,13 +175,17 @@ def _demo(args) -> int:
         if (d.camera_id, d.track_id) == (cam, track)
     )
     print(f"\nsearch with the crop of {query.detection_id} ({query.thumbnail}):")
-    hits = search_image(index, extractor, Path(query.thumbnail), top_k=10)
+    hits = search_image(
+        index,
+        extractor,
+        Path(query.thumbnail),
+        top_k=10,
+        features=FeatureStore(m.feature_store_dir),
+        params=retrieval_params(settings),
+    )
     for rank, h in enumerate(hits, 1):
-        same = "same track" if (h.camera_id, h.track_id) == (cam, track) else ""
-        print(
-            f"{rank:3d}. {h.score:.3f}  {h.camera_id:10s} t={h.timestamp:.1f} frame {h.frame_index:5d} "
-            f"track {h.track_id:4d}  {h.thumbnail}  {same}"
-        )
+        same = "  <- same track" if (h.camera_id, h.track_id) == (cam, track) else ""
+        print(format_hit(rank, h) + same)
     sheet = write_contact_sheet(
         Path(m.thumbnails_dir).parent / "demo_search.png", Path(query.thumbnail), hits
     )
@@ -180,6 +195,7 @@ def _demo(args) -> int:
 
 
 def _search(args) -> int:
+    from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
     from matcher.search import search_image
     from pgr.pipeline import build_extractor
@@ -193,6 +209,8 @@ def _search(args) -> int:
             index,
             build_extractor(settings.reid),
             Path(args.image),
+            features=FeatureStore(settings.matcher.feature_store_dir),
+            params=retrieval_params(settings),
             top_k=args.top,
             camera=args.camera,
             since=parse_time(args.since),
@@ -203,12 +221,22 @@ def _search(args) -> int:
     if not hits:
         print("no results")
     for rank, h in enumerate(hits, 1):
-        when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
-        print(
-            f"{rank:3d}. score {h.score:.3f}  camera {h.camera_id}  time {when}  frame {h.frame_index}  "
-            f"track {h.track_id}  {h.thumbnail}"
-        )
+        print(format_hit(rank, h))
     return 0
+
+
+def format_hit(rank: int, h) -> str:
+    """One result line: rank, score (and the per-granularity scores that made it), where and when."""
+    when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
+    stages = "".join(
+        f" {name} {value:.3f}"
+        for name, value in (("ins", h.s_ins), ("part", h.s_part), ("px", h.s_pixel))
+        if value == value  # NaN: that stage did not score this item
+    )
+    return (
+        f"{rank:3d}. score {h.score:.3f} ({stages.strip()})  camera {h.camera_id}  time {when}  "
+        f"frame {h.frame_index}  track {h.track_id}  {h.thumbnail}"
+    )
 
 
 if __name__ == "__main__":

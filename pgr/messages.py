@@ -34,6 +34,18 @@ def detection_id(camera_id: str, frame_index: int, track_id: int, index_in_frame
     return f"{camera_id}:{frame_index}:{who}"
 
 
+@dataclass
+class CropFeatures:
+    """Features of one crop, as an extractor gives them; optional granularities are None when the model
+    does not produce them."""
+
+    instance: np.ndarray  # (d,) float32, L2-normalised
+    parts: np.ndarray | None = None  # (p, d)
+    part_visibility: np.ndarray | None = None  # (p,) bool
+    pixels: np.ndarray | None = None  # (n, d') foreground pixel features
+    pixel_coords: np.ndarray | None = None  # (n, 2) int16 (row, col) on the feature map
+
+
 @dataclass(frozen=True)
 class Detection:
     """Where and when a person was seen; shared by crop and feature records."""
@@ -108,8 +120,9 @@ class FeatureRecord:
     """Features of one detection from a re-ID worker.
 
     `instance` is the L2-normalised instance vector (d,). `parts` (p, d) with `part_visibility` (p,) and
-    `pixels` (n, d) with `pixel_coords` (n, 2: row, col on the feature map) are optional: a model without
-    them (the spine's ImageNet extractor) leaves them empty. `jpeg` is the crop, kept as the thumbnail.
+    `pixels` (n, d') with `pixel_coords` (n, 2: row, col on the feature map) are optional: a model without
+    them (the ImageNet placeholder) leaves them empty; d' may be smaller than d (compressed pixels).
+    `jpeg` is the crop, kept as the thumbnail.
     """
 
     detection: Detection
@@ -134,12 +147,16 @@ class FeatureRecord:
             vis = self.part_visibility
             _require(vis is not None and vis.shape == (self.parts.shape[0],), "part_visibility must be (p,)")
         if self.pixels is not None:
-            _require(self.pixels.ndim == 2 and self.pixels.shape[1] == d, "pixels must be (n, d)")
+            _require(self.pixels.ndim == 2 and self.pixels.shape[1] > 0, "pixels must be (n, d')")
             coords = self.pixel_coords
             _require(
                 coords is not None and coords.shape == (self.pixels.shape[0], 2),
                 "pixel_coords must be (n, 2)",
             )
+
+    def crop_features(self) -> CropFeatures:
+        """The features as the extractor gave them."""
+        return CropFeatures(self.instance, self.parts, self.part_visibility, self.pixels, self.pixel_coords)
 
 
 def encode_crop(rec: CropRecord) -> bytes:

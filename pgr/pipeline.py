@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ingest.service import run_ingest
+from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
@@ -36,7 +37,22 @@ def build_transport(settings: Settings) -> Transport:
 
 def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
     """The feature extractor named in the config."""
-    return ImageNetMobileNetV2Extractor(cfg.weights, cfg.device, (cfg.input_height, cfg.input_width))
+    size = (cfg.input_height, cfg.input_width)
+    if cfg.model == "imagenet-gap":
+        if cfg.backbone != "mobilenetv2" or cfg.weights is None:
+            raise ValueError("reid.model imagenet-gap needs backbone mobilenetv2 and its weights")
+        return ImageNetMobileNetV2Extractor(cfg.weights, cfg.device, size)
+    from reid.pgr_extractor import PGRExtractor
+
+    return PGRExtractor(
+        cfg.backbone,
+        cfg.weights,
+        cfg.checkpoint,
+        cfg.device,
+        size,
+        pixel_dim=cfg.pixel_dim,
+        batch_size=cfg.batch_size,
+    )
 
 
 def group(settings: Settings, stage: str) -> str:
@@ -85,7 +101,12 @@ def run_matcher_stage(
     index = DetectionIndex(m.milvus_uri, m.collection)
     producer = transport.producer()
     worker = MatcherWorker(
-        index, ThumbnailStore(m.thumbnails_dir), producer, settings.topics.dead_letter, metrics
+        index,
+        ThumbnailStore(m.thumbnails_dir),
+        FeatureStore(m.feature_store_dir),
+        producer,
+        settings.topics.dead_letter,
+        metrics,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:

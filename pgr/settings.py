@@ -70,8 +70,15 @@ class IngestSettings(_Strict):
 
 
 class ReidSettings(_Strict):
-    backbone: Literal["mobilenetv2-imagenet"] = "mobilenetv2-imagenet"
-    weights: Path
+    # The default stays the ImageNet placeholder until training/ ships a PGR checkpoint: an untrained part
+    # classifier makes the instance feature (Eq. 1, mask-weighted) worse than plain pooling.
+    model: Literal["pgr", "imagenet-gap"] = Field(
+        "imagenet-gap", description="pgr: instance, part and pixel features; imagenet-gap: ImageNet pooling"
+    )
+    backbone: Literal["mobilenetv2", "efficientnet_lite0", "resnet50"] = "mobilenetv2"
+    weights: Path | None = Field(None, description="ImageNet backbone weights (None: random init, resnet50)")
+    checkpoint: Path | None = Field(None, description="a trained PGR checkpoint (training/ writes them)")
+    pixel_dim: int | None = Field(64, ge=8, description="stored pixel feature size (fixed projection)")
     device: str = "auto"
     batch_size: int = Field(16, ge=1, le=1024)
     input_height: int = Field(256, ge=32)
@@ -82,7 +89,18 @@ class MatcherSettings(_Strict):
     milvus_uri: str
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
+    features_dir: Path | None = Field(
+        None, description="part/pixel feature store (default: beside thumbnails)"
+    )
     batch_size: int = Field(64, ge=1)
+    n1: int = Field(1000, ge=1, description="progressive retrieval: candidates re-ranked with parts")
+    a1: float = Field(0.05, ge=0, le=1)
+    n2: int = Field(30, ge=1, description="progressive retrieval: candidates re-ranked with pixels")
+    a2: float = Field(0.8, ge=0, le=1)
+
+    @property
+    def feature_store_dir(self) -> Path:
+        return self.features_dir or self.thumbnails_dir.parent / "features"
 
     @field_validator("milvus_uri")
     @classmethod
@@ -166,7 +184,13 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
         raise SettingsError(f"{path}: the top level must be a mapping")
     raw = _deep_merge(_expand_env(raw), overrides or {})
     base = path.resolve().parent
-    for section, key in [("ingest", "detector_weights"), ("reid", "weights"), ("matcher", "thumbnails_dir")]:
+    for section, key in [
+        ("ingest", "detector_weights"),
+        ("reid", "weights"),
+        ("reid", "checkpoint"),
+        ("matcher", "thumbnails_dir"),
+        ("matcher", "features_dir"),
+    ]:
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = str(_rel(base, raw[section][key]))
     if isinstance(raw.get("matcher"), dict):
@@ -187,7 +211,10 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
         raise SettingsError(f"{path}: {problems}") from None
     if check_models:
         require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
-        require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
+        if settings.reid.weights is not None:
+            require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
+        if settings.reid.checkpoint is not None:
+            require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
     return settings
 
 

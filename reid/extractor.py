@@ -1,12 +1,12 @@
 """Feature extractors: BGR person crops in, per-crop features out.
 
 Every extractor, the spine's ImageNet placeholder and the PGR model alike, implements `FeatureExtractor`,
-so the worker, the search command and the benchmarks never know which one they hold.
+so the worker, the search command and the benchmarks never know which one they hold. `CropFeatures`, the
+per-crop result, lives with the records in pgr.messages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -16,21 +16,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from pgr.messages import CropFeatures
 from pgr.models import require_model_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class CropFeatures:
-    """Features of one crop. Optional granularities are None when the model does not produce them."""
-
-    instance: np.ndarray  # (d,) float32, L2-normalised
-    parts: np.ndarray | None = None  # (p, d)
-    part_visibility: np.ndarray | None = None  # (p,) bool
-    pixels: np.ndarray | None = None  # (n, d) foreground pixel features
-    pixel_coords: np.ndarray | None = None  # (n, 2) int16 (row, col) on the feature map
 
 
 class FeatureExtractor(Protocol):

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
@@ -69,7 +70,9 @@ def test_uncommitted_records_are_redelivered_and_indexed_once(write_config, crop
 
     uri = str(tmp_path / "idx.db")
     index = DetectionIndex(uri)
-    matcher = MatcherWorker(index, ThumbnailStore(tmp_path / "t"), producer, "dlq", metrics)
+    matcher = MatcherWorker(
+        index, ThumbnailStore(tmp_path / "t"), FeatureStore(tmp_path / "f"), producer, "dlq", metrics
+    )
     first = bus.consumer(["features"], "matcher")
     matcher.handle(first.poll(max_records=5, timeout_s=1))  # written, but the "crash" comes before commit
     assert index.count() == 5
@@ -77,7 +80,9 @@ def test_uncommitted_records_are_redelivered_and_indexed_once(write_config, crop
 
     index = DetectionIndex(uri)  # a restarted matcher reopens the same file
     assert index.count() == 5
-    matcher = MatcherWorker(index, ThumbnailStore(tmp_path / "t"), producer, "dlq", metrics)
+    matcher = MatcherWorker(
+        index, ThumbnailStore(tmp_path / "t"), FeatureStore(tmp_path / "f"), producer, "dlq", metrics
+    )
     consume_loop(bus.consumer(["features"], "matcher"), matcher.handle, threading.Event(), done)
     assert index.count() == len(crops)
     assert sorted(index.all_ids()) == sorted(c.detection.detection_id for c in crops)
