@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from pymilvus import DataType, MilvusClient
 
+from pgr.messages import Detection
+
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
 _CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -44,19 +46,12 @@ class IndexedDetection:
 
 @dataclass(frozen=True)
 class IndexRow:
-    """One detection to write."""
+    """One detection to write: where it was seen, its thumbnail, and the instance vector."""
 
-    detection_id: str
-    camera_id: str
-    timestamp: float
-    frame_index: int
-    track_id: int
-    box: tuple[float, ...]
-    det_score: float
+    detection: Detection
     thumbnail: str
     model: str
     instance: np.ndarray
-    read_at: float = 0.0
 
 
 class DetectionIndex:
@@ -106,23 +101,23 @@ class DetectionIndex:
         dim = rows[0].instance.shape[0]
         if self.dim is None:
             self._create(dim)
-        bad = [r.detection_id for r in rows if r.instance.shape != (self.dim,)]
+        bad = [r.detection.detection_id for r in rows if r.instance.shape != (self.dim,)]
         if bad:
             raise ValueError(f"vectors of {bad[:3]} do not have the index dimension {self.dim}")
         now = time.time()
         data = [
             {
-                "id": r.detection_id,
+                "id": r.detection.detection_id,
                 VECTOR_FIELD: r.instance.astype(np.float32).tolist(),
-                "camera": r.camera_id,
-                "ts": float(r.timestamp),
-                "frame": int(r.frame_index),
-                "track": int(r.track_id),
-                "box": [float(v) for v in r.box],
-                "score": float(r.det_score),
+                "camera": r.detection.camera_id,
+                "ts": float(r.detection.timestamp),
+                "frame": int(r.detection.frame_index),
+                "track": int(r.detection.track_id),
+                "box": [float(v) for v in r.detection.box],
+                "score": float(r.detection.score),
                 "thumbnail": r.thumbnail,
                 "model": r.model,
-                "read_at": float(r.read_at),
+                "read_at": float(r.detection.read_at),
                 "indexed_at": now,
             }
             for r in rows

@@ -55,21 +55,7 @@ class MatcherWorker:
             det = rec.detection
             thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
             self.features.save(det.camera_id, det.detection_id, rec.crop_features())
-            rows.append(
-                IndexRow(
-                    detection_id=det.detection_id,
-                    camera_id=det.camera_id,
-                    timestamp=det.timestamp,
-                    frame_index=det.frame_index,
-                    track_id=det.track_id,
-                    box=det.box,
-                    det_score=det.score,
-                    thumbnail=str(thumb),
-                    model=rec.model,
-                    instance=rec.instance,
-                    read_at=det.read_at,
-                )
-            )
+            rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
         self.index.upsert(rows)
         now = time.time()
         self.metrics.stage_latency.labels("index").observe(time.perf_counter() - t0)

@@ -35,7 +35,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {model or platform.platform()}"
 
 
 def _stage_sums(metrics: PipelineMetrics) -> dict[str, float]:
@@ -111,7 +120,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     cfg["topics"] = {"crops": f"{tag}.crops", "features": f"{tag}.features", "dead_letter": f"{tag}.dlq"}
     cfg["cameras"] = [dict(cfg["cameras"][0], realtime=True, max_frames=int(seconds * 10))]
     cfg["matcher"] = {"milvus_uri": str(work / "bench.db"), "thumbnails_dir": str(work / "thumbs")}
-    cfg["metrics"]["port"] = "${PGR_METRICS_PORT}"
+    cfg["metrics"]["port"] = "${PGR_METRICS_PORT:-0}"
     config = REPO / "configs" / f".{tag}.yaml"  # beside the shipped configs so relative paths resolve
     config.write_text(yaml.safe_dump(cfg))
     procs = {}
