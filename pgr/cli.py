@@ -233,8 +233,9 @@ def format_hit(rank: int, h) -> str:
         for name, value in (("ins", h.s_ins), ("part", h.s_part), ("px", h.s_pixel))
         if value == value  # NaN: that stage did not score this item
     )
+    stages = stages.strip() or "instance cosine"
     return (
-        f"{rank:3d}. score {h.score:.3f} ({stages.strip()})  camera {h.camera_id}  time {when}  "
+        f"{rank:3d}. score {h.score:.3f} ({stages})  camera {h.camera_id}  time {when}  "
         f"frame {h.frame_index}  track {h.track_id}  {h.thumbnail}"
     )
 
