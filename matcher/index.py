@@ -146,6 +146,7 @@ class DetectionIndex:
         return np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32) if rows else None
 
     def all_ids(self, limit: int = 16384) -> list[str]:
+        """Detection ids in the index, at most `limit` (Milvus caps one query's result window)."""
         if self.dim is None:
             return []
         return [
