@@ -171,6 +171,10 @@ class KafkaTransport:
 
 
 class _KafkaProducer:
+    """Sends are retried by the client until `delivery_timeout_ms` (a broker outage shorter than that
+    loses nothing); `flush` raises if any record of the batch could not be delivered, so a stage never
+    commits its input after a silent loss."""
+
     def __init__(self, t: KafkaTransport) -> None:
         from kafka import KafkaProducer
 
@@ -178,16 +182,28 @@ class _KafkaProducer:
             bootstrap_servers=t.bootstrap,
             client_id=t.client_id,
             acks="all",
-            retries=10,
+            delivery_timeout_ms=120_000,
             max_request_size=16 * 1024 * 1024,
             reconnect_backoff_max_ms=5000,
         )
+        self._pending: list = []
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self._p.send(topic, value=value, key=key)
+        self._pending.append(self._p.send(topic, value=value, key=key))
+        if len(self._pending) >= 256:  # a long-running producer (a live camera) rarely flushes
+            self._check([f for f in self._pending if f.is_done])
+            self._pending = [f for f in self._pending if not f.is_done]
 
     def flush(self) -> None:
-        self._p.flush(timeout=60)
+        self._p.flush(timeout=180)
+        pending, self._pending = self._pending, []
+        self._check(pending)
+
+    @staticmethod
+    def _check(futures: list) -> None:
+        failed = [f.exception for f in futures if f.failed()]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(futures)} records not delivered: {failed[0]!r}")
 
     def close(self) -> None:
         self._p.close(timeout=10)
@@ -223,7 +239,19 @@ class _KafkaConsumer:
         return out
 
     def commit(self) -> None:
-        self._c.commit()
+        """Commit what was polled. A commit refused because the group rebalanced (a broker restart, a
+        worker joining) or a transient broker error is logged, not raised: the records are then delivered
+        again to the partition's owner, and the matcher's upsert makes that harmless."""
+        from kafka.errors import CommitFailedError, KafkaError
+
+        try:
+            self._c.commit()
+        except CommitFailedError as exc:
+            log.warning("commit refused after a rebalance; the batch will be redelivered: %s", exc)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("commit failed (%s); the batch will be redelivered", exc)
 
     def close(self) -> None:
         self._c.close(autocommit=False)

@@ -49,18 +49,12 @@ def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory) -> str:
-    """A real Kafka-protocol broker: $PGR_KAFKA_BOOTSTRAP if set, else a noida-db broker started here."""
-    if os.environ.get("PGR_KAFKA_BOOTSTRAP"):
-        yield os.environ["PGR_KAFKA_BOOTSTRAP"]
-        return
+def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
+    """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens."""
     exe = shutil.which("noida-db")
     if exe is None:
         pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
-    port = free_port()
-    data = tmp_path_factory.mktemp("kafka")
-    log = open(data / "broker.log", "w")  # noqa: SIM115 - open for the broker's lifetime
+    log = (data_dir / "broker.log").open("a")
     proc = subprocess.Popen(
         [
             exe,
@@ -72,22 +66,38 @@ def kafka_bootstrap(tmp_path_factory) -> str:
             "--host",
             "127.0.0.1",
             "--data-dir",
-            str(data),
+            str(data_dir),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # noida-db's launcher runs the broker as a child: stop the whole group
     )
+    log.close()
+    wait_for_port(port)
+    return proc
+
+
+def stop_noida(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        wait_for_port(port)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory) -> str:
+    """A real Kafka-protocol broker: $PGR_KAFKA_BOOTSTRAP if set, else a noida-db broker started here."""
+    if os.environ.get("PGR_KAFKA_BOOTSTRAP"):
+        yield os.environ["PGR_KAFKA_BOOTSTRAP"]
+        return
+    port = free_port()
+    proc = start_noida(port, tmp_path_factory.mktemp("kafka"))
+    try:
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_noida(proc)
 
 
 @pytest.fixture
