@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -51,7 +52,8 @@ def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
 
 def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
     """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens."""
-    exe = shutil.which("noida-db")
+    beside = Path(sys.executable).parent / "noida-db"  # the venv's, when pytest runs without activating it
+    exe = str(beside) if beside.exists() else shutil.which("noida-db")
     if exe is None:
         pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
     log = (data_dir / "broker.log").open("a")
