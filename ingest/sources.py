@@ -152,6 +152,7 @@ def read_frames(
                     failures += 1
                     if live and failures >= MAX_CONSECUTIVE_FAILED_READS:
                         log.warning("camera %s: stream dropped at frame %d; reconnecting", cam.id, index)
+                        metrics.camera_reconnects.labels(cam.id).inc()
                         break
                     if not live:  # a frame the container lists but cannot deliver
                         index += 1

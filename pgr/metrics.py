@@ -19,6 +19,9 @@ class PipelineMetrics:
         self.camera_retries = Counter(
             "pgr_camera_retries", "Camera (re)open attempts that failed", ["camera"], registry=r
         )
+        self.camera_reconnects = Counter(
+            "pgr_camera_reconnects", "Live streams that dropped and were reopened", ["camera"], registry=r
+        )
         self.camera_up = Gauge("pgr_camera_up", "1 while the camera is open", ["camera"], registry=r)
         self.detections = Counter("pgr_detections", "Persons detected", ["camera"], registry=r)
         self.crops_published = Counter(
