@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pgr.metrics import PipelineMetrics
+from pgr.metrics import PipelineMetrics, counter_total
 from pgr.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def run_benchmark(config: str, out: str | None = None) -> int:
         t0 = time.perf_counter()
         run = run_embedded(settings, metrics, stop=threading.Event(), extractor=extractor)
         wall = time.perf_counter() - t0
-    frames = sum(s.value for s in metrics.frames_read.collect()[0].samples if s.name.endswith("_total"))
+    frames = counter_total(metrics.frames_read)
     crops = sum(run.crops_per_camera.values())
     sums = _stage_sums(metrics)
     busy = sum(sums.values())

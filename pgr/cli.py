@@ -128,7 +128,7 @@ def _demo(args) -> int:
     from matcher.index import DetectionIndex
     from matcher.search import search_image
     from matcher.sheet import write_contact_sheet
-    from pgr.metrics import PipelineMetrics
+    from pgr.metrics import PipelineMetrics, counter_total
     from pgr.pipeline import build_extractor, run_embedded
 
     settings = load_settings(args.config)
@@ -153,7 +153,7 @@ def _demo(args) -> int:
         print("errors: " + "; ".join(run.errors), file=sys.stderr)
         return 1
     index = DetectionIndex(m.milvus_uri, m.collection)
-    frames = sum(s.value for s in metrics.frames_read.collect()[0].samples if s.name.endswith("_total"))
+    frames = counter_total(metrics.frames_read)
     print(
         f"\nprocessed in {elapsed:.1f}s: {int(frames)} frames sampled, "
         f"{sum(run.crops_per_camera.values())} person crops, {index.count()} detections indexed"

@@ -7,6 +7,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+def counter_total(counter: Counter) -> float:
+    """The sum of a counter over all its label values."""
+    return sum(s.value for s in counter.collect()[0].samples if s.name.endswith("_total"))
+
+
 class PipelineMetrics:
     """The counters and histograms the stages update. Each service process owns one instance."""
 

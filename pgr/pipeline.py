@@ -38,9 +38,7 @@ def build_transport(settings: Settings) -> Transport:
 def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
     """The feature extractor named in the config."""
     size = (cfg.input_height, cfg.input_width)
-    if cfg.model == "imagenet-gap":
-        if cfg.backbone != "mobilenetv2" or cfg.weights is None:
-            raise ValueError("reid.model imagenet-gap needs backbone mobilenetv2 and its weights")
+    if cfg.model == "imagenet-gap":  # settings guarantee mobilenetv2 and its weights
         return ImageNetMobileNetV2Extractor(cfg.weights, cfg.device, size)
     from reid.pgr_extractor import PGRExtractor
 

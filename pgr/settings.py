@@ -81,6 +81,13 @@ class ReidSettings(_Strict):
     pixel_dim: int | None = Field(64, ge=8, description="stored pixel feature size (fixed projection)")
     device: str = "auto"
     batch_size: int = Field(16, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _placeholder_needs_mobilenet(self) -> ReidSettings:
+        if self.model == "imagenet-gap" and (self.backbone != "mobilenetv2" or self.weights is None):
+            raise ValueError("model imagenet-gap needs backbone mobilenetv2 and its weights")
+        return self
+
     input_height: int = Field(256, ge=32)
     input_width: int = Field(128, ge=16)
 
