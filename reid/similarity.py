@@ -114,16 +114,28 @@ def s_part(
     return _squeeze_if(unbatched, out)
 
 
-def _pixel_score(
+def pixel_matches(
     xq: torch.Tensor, cq: torch.Tensor, mq: torch.Tensor, xg: torch.Tensor, mg: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """Eqs. 5-6 for B aligned pairs: unit pixels xq (B, n, d), xg (B, m, d), query coords cq (B, n, 2)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cycle-consistent matching of Eq. 5 for B aligned pairs.
+
+    Unit pixels xq (B, n, d) and xg (B, m, d), query coords cq (B, n, 2), masks mq (B, n) and mg (B, m).
+    Returns, per query pixel i, (cos(x_i, y_j*), j*, kept), each (B, n).
+    """
     cos = torch.bmm(xq, xg.transpose(1, 2))  # (B, n, m)
     cos = cos.masked_fill(~(mq[:, :, None] & mg[:, None, :]), float("-inf"))
     best, j_star = cos.max(dim=2)  # for each query pixel i: j* and cos(x_i, y_j*)
     i_star = cos.argmax(dim=1).gather(1, j_star)  # i* = argmax_i cos(x_i, y_j*)
     back = cq.gather(1, i_star[:, :, None].expand(-1, -1, 2))
     keep = torch.isfinite(best) & ((cq - back).norm(dim=-1) < eps)
+    return best, j_star, keep
+
+
+def _pixel_score(
+    xq: torch.Tensor, cq: torch.Tensor, mq: torch.Tensor, xg: torch.Tensor, mg: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Eqs. 5-6 for B aligned pairs: unit pixels xq (B, n, d), xg (B, m, d), query coords cq (B, n, 2)."""
+    best, _, keep = pixel_matches(xq, cq, mq, xg, mg, eps)
     mean_cos = torch.where(keep, best, 0.0).sum(dim=1) / keep.sum(dim=1).clamp_min(1)
     return 0.5 + 0.5 * mean_cos
 

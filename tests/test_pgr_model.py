@@ -87,6 +87,19 @@ def test_reduce_dim_and_checkpoint_round_trip(assets_dir: Path, crops, tmp_path:
         PGRExtractor("resnet50", checkpoint=tmp_path / "pgr.pt", device="cpu")
 
 
+def test_float16_export_loads_and_stays_close(assets_dir: Path, crops, tmp_path: Path):
+    from training.export import export
+
+    model = PGRModel(PGRConfig("mobilenetv2"), weights_for(assets_dir, "mobilenetv2")).eval()
+    model.save(tmp_path / "full.pt")
+    export(tmp_path / "full.pt", tmp_path / "half.pt", note="test")
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    full = PGRExtractor("mobilenetv2", checkpoint=tmp_path / "full.pt", device="cpu").extract(crops)
+    half = PGRExtractor("mobilenetv2", checkpoint=tmp_path / "half.pt", device="cpu").extract(crops)
+    for a, b in zip(full, half, strict=True):
+        assert float(a.instance @ b.instance) > 0.999  # unit vectors: cosine of the two extractions
+
+
 def test_extractor_output(assets_dir: Path, crops):
     ex = PGRExtractor(
         "efficientnet_lite0", weights_for(assets_dir, "efficientnet_lite0"), device="cpu", pixel_dim=64

@@ -169,3 +169,70 @@ def test_transform_is_seeded_and_keeps_labels_aligned() -> None:
     a = tf(image, labels, torch.Generator().manual_seed(5))
     b = tf(image, labels, torch.Generator().manual_seed(5))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_evaluate_model_reports_rows_and_writes_figures(tiny_market: Path, tmp_path: Path) -> None:
+    """The evaluator end to end on a trained tiny model: every row, the ranking difference, the PNGs."""
+    import json
+
+    from training.evaluate_model import main as evaluate_main
+
+    train(tiny_config(tiny_market, tmp_path / "run", epochs=1))
+    out, figures = tmp_path / "report.json", tmp_path / "figures"
+    args = ["--data", str(tiny_market), "--checkpoint", str(tmp_path / "run" / "best.pt"), "--device", "cpu"]
+    args += ["--trivial-queries", "3", "--cache", str(tmp_path / "cache")]
+    assert evaluate_main([*args, "--out", str(out), "--figures", str(figures)]) == 0
+    report = json.loads(out.read_text())
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # gallery and query features
+    assert evaluate_main([*args, "--out", str(tmp_path / "again.json")]) == 0  # from the cache
+    again = json.loads((tmp_path / "again.json").read_text())
+    for name in ("I", "I+P+Px progressive (ISP reading)"):
+        assert again["rows"][name]["mAP"] == report["rows"][name]["mAP"]
+    assert report["queries"] == 3 and report["gallery"] == 6
+    for name in ("I", "I+P (ISP reading)", "I+P+Px progressive (ISP reading)", "I+P (Eq. 4 as printed)"):
+        row = report["rows"][name]
+        assert 0 <= row["mAP"] <= 1 and 0 <= row["R1"] <= row["R5"] <= row["R10"] <= 1
+    subset = report["rows"]["whole-gallery scoring on the first queries"]
+    # With a 6-item gallery N1 = 1000 and N2 = 30 cover it: progressive is the trivial ensemble exactly.
+    for reading in ("ISP reading", "Eq. 4 as printed"):
+        row = subset[f"trivial vs progressive ({reading})"]
+        assert row["trivial_R1"] == row["progressive_R1"] and row["trivial_mAP"] == row["progressive_mAP"]
+    diffs = subset["mean ranking difference of true matches"]
+    assert set(diffs) == {"s_ins vs s_part", "s_ins vs s_pixel", "s_part vs s_pixel"}
+    assert all(0 <= v <= 5 for v in diffs.values())
+    for name in ("cmc_market1501.png", "parts_market1501.png", "pixels_market1501.png"):
+        image = cv2.imread(str(figures / name))
+        assert image is not None and image.shape[0] > 100 and image.std() > 1, name
+
+
+def test_ranking_difference_counts_rank_shifts_of_true_matches() -> None:
+    from training.datasets import Sample
+    from training.evaluate_model import ranking_difference
+
+    gallery = [
+        Sample(Path(f"g{i}"), pid, cam) for i, (pid, cam) in enumerate([(1, 2), (2, 2), (1, 1), (3, 2)])
+    ]
+    query = [Sample(Path("q"), 1, 1)]
+    a = torch.tensor([[0.9, 0.8, 0.7, 0.1]])  # true match (pid 1, camera 2) = gallery 0 at rank 0
+    b = torch.tensor([[0.1, 0.8, 0.9, 0.7]])  # ... now at rank 3; gallery 2 is same camera: ignored
+    assert ranking_difference({"a": a, "b": b}, query, gallery) == {"a vs b": 3.0}
+    assert ranking_difference({"a": a, "c": a.clone()}, query, gallery) == {"a vs c": 0.0}
+
+
+def test_pixel_correspondences_of_a_crop_with_itself(assets_dir: Path) -> None:
+    """Against itself every foreground pixel finds itself (cos 1) and survives the cycle check."""
+    from reid.pgr_extractor import PGRExtractor
+    from training.figures import correspondences
+
+    cap = cv2.VideoCapture(str(assets_dir / "video" / "pets2009_vtest.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    ex = PGRExtractor(
+        "mobilenetv2", assets_dir / "weights" / "mobilenetv2_imagenet_features.pt", device="cpu"
+    )
+    f = ex.extract([frame[100:260, 200:280]])[0]
+    src, dst, cos = correspondences(f, f)
+    assert len(src) == len(f.pixels) > 0
+    np.testing.assert_array_equal(src, dst)
+    np.testing.assert_allclose(cos, 1.0, atol=2e-3)

@@ -2,6 +2,12 @@
 queries, the trivial ensemble, under both readings of Eq. 4.
 
     python -m training.evaluate_model --data data --dataset market1501 [--checkpoint PGR.pt] [--out F.json]
+        [--figures DIR]
+
+On the first --trivial-queries queries it also scores the whole gallery with every metric: the trivial
+ensemble (time and accuracy against progressive retrieval), each granularity's ranking on its own, and the
+mean ranking difference between granularities (how far apart the ranks of the same true match are under
+s_ins, s_part and s_pixel: large differences mean the granularities carry different evidence).
 
 Without --checkpoint the model is the ImageNet MobileNetV2 with an untrained part classifier: a
 "before training" reference, not a result of the method.
@@ -10,11 +16,12 @@ Without --checkpoint the model is the ImageNet MobileNetV2 with an untrained par
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import cv2
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reid.extractor import CropFeatures
 from reid.pgr_extractor import PGRExtractor
 from reid.retrieval import (
     GalleryFeatures,
@@ -30,6 +38,7 @@ from reid.retrieval import (
     progressive_retrieval,
     trivial_ensemble,
 )
+from reid.similarity import s_part
 from training.datasets import Sample, load_dataset
 from training.evaluate import RankResult, evaluate_rank
 
@@ -37,12 +46,43 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
 
 
-def extract(extractor: PGRExtractor, samples: list[Sample], batch: int, what: str) -> GalleryFeatures:
+def _cache_key(extractor: PGRExtractor, checkpoint: Path | None, samples: list[Sample]) -> str:
+    """Same model file, same projection, same image names and sizes: same features (DukeMTMC-reID and
+    Occluded-Duke share their gallery, so it is extracted once)."""
+    h = hashlib.sha1(extractor.name.encode())
+    if checkpoint is not None:
+        h.update(Path(checkpoint).read_bytes())
+    for s in samples:
+        h.update(f"{s.path.name}:{s.path.stat().st_size};".encode())
+    return h.hexdigest()[:20]
+
+
+def extract(
+    extractor: PGRExtractor,
+    samples: list[Sample],
+    batch: int,
+    what: str,
+    cache: Path | None = None,
+    checkpoint: Path | None = None,
+) -> GalleryFeatures:
+    """Features of every sample, read from / written to `cache` (a folder) when given."""
+    path = None
+    if cache is not None:
+        path = cache / f"{what}-{_cache_key(extractor, checkpoint, samples)}.pt"
+        if path.is_file():
+            print(f"features: {what} from {path}")
+            return GalleryFeatures(**torch.load(path, weights_only=True))
     feats = []
     for start in tqdm(range(0, len(samples), batch), desc=f"features: {what}", unit="batch"):
         images = [cv2.imread(str(s.path)) for s in samples[start : start + batch]]
         feats.extend(extractor.extract(images))
-    return GalleryFeatures.from_crop_features(feats)
+    result = GalleryFeatures.from_crop_features(feats)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "ids"}
+        torch.save(tensors, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return result
 
 
 def ranks_of(result: RetrievalResult) -> np.ndarray:
@@ -63,6 +103,57 @@ def evaluate_result(result: RetrievalResult, query: list[Sample], gallery: list[
     )
 
 
+def _gallery_order(result: RetrievalResult, values: torch.Tensor) -> torch.Tensor:
+    """Per-item values of a ranked result (Q, G) put back in gallery order."""
+    return torch.empty_like(values).scatter_(1, result.indices, values)
+
+
+def ranking_difference(
+    scores: dict[str, torch.Tensor], query: list[Sample], gallery: list[Sample]
+) -> dict[str, float]:
+    """Mean |rank under A - rank under B| of the same true match (other camera), for each pair of
+    (Q, G) score matrices; averaged over true matches, then over queries."""
+    g_pid = np.array([s.pid for s in gallery])
+    g_cam = np.array([s.camid for s in gallery])
+    ranks = {}
+    for name, sc in scores.items():
+        order = torch.sort(sc, dim=1, descending=True, stable=True).indices
+        r = torch.empty_like(order)
+        r.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+        ranks[name] = r.numpy()
+    names = list(scores)
+    out: dict[str, float] = {}
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1 :]:
+            per_query = []
+            for qi, q in enumerate(query):
+                true = (g_pid == q.pid) & (g_cam != q.camid)
+                if true.any():
+                    per_query.append(np.abs(ranks[a][qi, true] - ranks[b][qi, true]).mean())
+            out[f"{a} vs {b}"] = float(np.mean(per_query))
+    return out
+
+
+def _rank_of_scores(scores: torch.Tensor, query: list[Sample], gallery: list[Sample]) -> RankResult:
+    return evaluate_rank(
+        -scores.numpy(),
+        np.array([s.pid for s in query]),
+        np.array([s.pid for s in gallery]),
+        np.array([s.camid for s in query]),
+        np.array([s.camid for s in gallery]),
+    )
+
+
+def _row(r: RankResult, seconds: float, queries: int) -> dict:
+    return {
+        "R1": r.rank(1),
+        "R5": r.rank(5),
+        "R10": r.rank(10),
+        "mAP": r.mAP,
+        "ms_per_query": 1000 * seconds / queries,
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     ds = load_dataset(args.data, args.dataset)
@@ -76,11 +167,11 @@ def run(args: argparse.Namespace) -> dict:
         pixel_dim=args.pixel_dim,
     )
     t0 = time.perf_counter()
-    gallery = extract(extractor, ds.gallery, args.batch, "gallery")
-    query = extract(extractor, query_samples, args.batch, "query")
+    gallery = extract(extractor, ds.gallery, args.batch, "gallery", args.cache, args.checkpoint)
+    query = extract(extractor, query_samples, args.batch, "query", args.cache, args.checkpoint)
     extract_s = time.perf_counter() - t0
     rows: dict[str, dict] = {}
-    base = RetrievalParams()
+    base = RetrievalParams(part_global=False)  # Eq. 4 as printed; each variant names its reading
     variants = {
         "I": replace(base, n1=1, n2=1),  # stage 0 only: s_ins ranking (N1=N2=1 re-ranks nothing else)
         "I+P (Eq. 4 as printed)": replace(base, n2=1),
@@ -88,44 +179,69 @@ def run(args: argparse.Namespace) -> dict:
         "I+P (ISP reading)": replace(base, n2=1, part_global=True),
         "I+P+Px progressive (ISP reading)": replace(base, part_global=True),
     }
+    curves: dict[str, np.ndarray] = {}
+    results: dict[str, RetrievalResult] = {}
     for name, params in variants.items():
         t = time.perf_counter()
         result = progressive_retrieval(query, gallery, params)
         seconds = time.perf_counter() - t
         r = evaluate_result(result, query_samples, ds.gallery)
-        rows[name] = {
-            "R1": r.rank(1),
-            "R5": r.rank(5),
-            "R10": r.rank(10),
-            "mAP": r.mAP,
-            "ms_per_query": 1000 * seconds / len(query_samples),
-        }
+        rows[name] = _row(r, seconds, len(query_samples))
+        curves[name], results[name] = r.cmc, result
         print(f"{name:42s} {r}  {rows[name]['ms_per_query']:.1f} ms/query")
     n = min(args.trivial_queries, len(query_samples))
     sub = query.select(list(range(n)))
-    t = time.perf_counter()
-    trivial = trivial_ensemble(sub, gallery, base)
-    trivial_ms = 1000 * (time.perf_counter() - t) / n
-    t = time.perf_counter()
-    progressive = progressive_retrieval(sub, gallery, base)
-    progressive_ms = 1000 * (time.perf_counter() - t) / n
-    r_triv = evaluate_result(trivial, query_samples[:n], ds.gallery)
-    r_prog = evaluate_result(progressive, query_samples[:n], ds.gallery)
-    rows["trivial ensemble vs progressive (first queries)"] = {
-        "queries": n,
-        "trivial_ms_per_query": trivial_ms,
-        "progressive_ms_per_query": progressive_ms,
-        "speedup": trivial_ms / progressive_ms,
-        "trivial_R1": r_triv.rank(1),
-        "progressive_R1": r_prog.rank(1),
-        "trivial_mAP": r_triv.mAP,
-        "progressive_mAP": r_prog.mAP,
+    subset: dict[str, dict] = {"queries": n}
+    for reading, params in (("ISP reading", replace(base, part_global=True)), ("Eq. 4 as printed", base)):
+        t = time.perf_counter()
+        trivial = trivial_ensemble(sub, gallery, params)
+        trivial_ms = 1000 * (time.perf_counter() - t) / n
+        t = time.perf_counter()
+        progressive = progressive_retrieval(sub, gallery, params)
+        progressive_ms = 1000 * (time.perf_counter() - t) / n
+        r_triv = evaluate_result(trivial, query_samples[:n], ds.gallery)
+        r_prog = evaluate_result(progressive, query_samples[:n], ds.gallery)
+        subset[f"trivial vs progressive ({reading})"] = {
+            "trivial_ms_per_query": trivial_ms,
+            "progressive_ms_per_query": progressive_ms,
+            "speedup": trivial_ms / progressive_ms,
+            "trivial_R1": r_triv.rank(1),
+            "progressive_R1": r_prog.rank(1),
+            "trivial_mAP": r_triv.mAP,
+            "progressive_mAP": r_prog.mAP,
+        }
+        print(
+            f"{reading}, first {n} queries: trivial ensemble {trivial_ms:.0f} ms/query, {r_triv}; "
+            f"progressive {progressive_ms:.1f} ms/query, {r_prog}; "
+            f"speed-up {trivial_ms / progressive_ms:.0f}x"
+        )
+    # Each granularity alone over the whole gallery (s_part as printed: no instance term in it).
+    alone = {
+        "s_ins": _gallery_order(trivial, trivial.s_ins),
+        "s_part": s_part(sub.parts, sub.visibility, gallery.parts, gallery.visibility),
+        "s_pixel": _gallery_order(trivial, trivial.s_pixel),
     }
-    print(
-        f"trivial ensemble on {n} queries: {trivial_ms:.0f} ms/query, R1 {100 * r_triv.rank(1):.1f}; "
-        f"progressive: {progressive_ms:.1f} ms/query, R1 {100 * r_prog.rank(1):.1f}; "
-        f"speed-up {trivial_ms / progressive_ms:.0f}x"
+    for name, sc in alone.items():
+        r = _rank_of_scores(sc, query_samples[:n], ds.gallery)
+        subset[f"{name} alone"] = {"R1": r.rank(1), "R5": r.rank(5), "R10": r.rank(10), "mAP": r.mAP}
+        print(f"{name} alone, first {n} queries: {r}")
+    subset["mean ranking difference of true matches"] = ranking_difference(
+        alone, query_samples[:n], ds.gallery
     )
+    print("mean ranking difference of true matches:", subset["mean ranking difference of true matches"])
+    rows["whole-gallery scoring on the first queries"] = subset
+    if args.figures:
+        _write_figures(
+            args,
+            args.dataset,
+            extractor,
+            curves,
+            results,
+            query_samples,
+            ds.gallery,
+            query,
+            gallery,
+        )
     return {
         "dataset": args.dataset,
         "queries": len(query_samples),
@@ -138,6 +254,81 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _features_of(feats: GalleryFeatures, row: int) -> CropFeatures:
+    keep = feats.pixel_mask[row]
+    return CropFeatures(
+        instance=feats.instances[row].numpy(),
+        parts=feats.parts[row].numpy(),
+        part_visibility=feats.visibility[row].numpy(),
+        pixels=feats.pixels[row][keep].numpy(),
+        pixel_coords=feats.pixel_coords[row][keep].numpy(),
+    )
+
+
+def _write_figures(
+    args: argparse.Namespace,
+    dataset: str,
+    extractor: PGRExtractor,
+    curves: dict[str, np.ndarray],
+    results: dict[str, RetrievalResult],
+    query_samples: list[Sample],
+    gallery_samples: list[Sample],
+    query: GalleryFeatures,
+    gallery: GalleryFeatures,
+) -> None:
+    """CMC curves, learned parts on the first queries of distinct identities, and the pixel pairs s_pixel
+    keeps between a query and its best-ranked true match and its best-ranked false match."""
+    from reid.extractor import crops_to_tensor
+    from training.figures import plot_cmc, plot_correspondences, plot_parts
+
+    out = args.figures
+    out.mkdir(parents=True, exist_ok=True)
+    model_name = extractor.name
+    plot_cmc(curves, out / f"cmc_{dataset}.png", f"{dataset}, {model_name}")
+    seen, picks = set(), []
+    for i, q in enumerate(query_samples):
+        if q.pid not in seen:
+            seen.add(q.pid)
+            picks.append(i)
+        if len(picks) == 8:
+            break
+    images = [cv2.imread(str(query_samples[i].path)) for i in picks]
+    with torch.inference_mode():
+        labels = extractor.model(crops_to_tensor(images, extractor.input_size, extractor.device)).labels
+    plot_parts(
+        images,
+        list(labels.cpu().numpy()),
+        out / f"parts_{dataset}.png",
+        extractor.input_size,
+        f"learned parts (argmax of psi), {dataset} queries, {model_name}",
+    )
+    ranking = results["I+P+Px progressive (ISP reading)"].indices
+    pairs = []
+    grid = tuple(labels.shape[1:])
+    for qi in picks[:2]:
+        q = query_samples[qi]
+        ranked = [int(g) for g in ranking[qi, :200]]
+        valid = [
+            g for g in ranked if not (gallery_samples[g].pid == q.pid and gallery_samples[g].camid == q.camid)
+        ]
+        true = next((g for g in valid if gallery_samples[g].pid == q.pid), None)
+        false = next((g for g in valid if gallery_samples[g].pid != q.pid), None)
+        for g, what in ((true, "same person"), (false, "other person")):
+            if g is None:
+                continue
+            pairs.append(
+                (
+                    cv2.imread(str(q.path)),
+                    cv2.imread(str(gallery_samples[g].path)),
+                    _features_of(query, qi),
+                    _features_of(gallery, g),
+                    f"{what}, rank {valid.index(g) + 1}",
+                )
+            )
+    plot_correspondences(pairs, out / f"pixels_{dataset}.png", grid, extractor.input_size)
+    print(f"figures written to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.evaluate_model", description=__doc__)
     ap.add_argument("--data", type=Path, default=REPO / "data")
@@ -147,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixel-dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--queries", type=int, default=0, help="evaluate only the first N queries (0: all)")
-    ap.add_argument("--trivial-queries", type=int, default=20)
+    ap.add_argument("--trivial-queries", type=int, default=200)
+    ap.add_argument("--cache", type=Path, help="keep extracted features here and reuse them")
+    ap.add_argument("--figures", type=Path, help="write CMC, parts and pixel-correspondence PNGs here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     report = run(args)
