@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from pgr.messages import decode_crop, encode_crop
 from pgr.pipeline import build_extractor
 from pgr.settings import load_settings
 from tests.conftest import free_port
-from tests.test_embedded_pipeline import scrape
+from tests.test_embedded_pipeline import assert_own_track_first, own_track_query, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -182,11 +181,9 @@ def test_three_processes_over_kafka(kafka_bootstrap, write_config, pets_video, t
 
     # A crop from the index, searched for, finds its own track first.
     index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
-    rows = index.get(index.all_ids())
-    track, _ = Counter(r.track_id for r in rows if r.track_id >= 0).most_common(1)[0]
-    query = min((r for r in rows if r.track_id == track), key=lambda r: r.frame_index)
-    hits = search_image(index, build_extractor(settings.reid), Path(query.thumbnail), top_k=3)
-    assert [h.track_id for h in hits] == [track] * 3
+    track, _, query = own_track_query(index)
+    hits = search_image(index, build_extractor(settings.reid), Path(query.thumbnail), top_k=5)
+    assert_own_track_first(hits, query, track)
     index.close()
 
     # A restarted matcher in a fresh group gets every record again: nothing is duplicated.

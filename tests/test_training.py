@@ -200,6 +200,10 @@ def test_evaluate_model_reports_rows_and_writes_figures(tiny_market: Path, tmp_p
     diffs = subset["mean ranking difference of true matches"]
     assert set(diffs) == {"s_ins vs s_part", "s_ins vs s_pixel", "s_part vs s_pixel"}
     assert all(0 <= v <= 5 for v in diffs.values())
+    from training.results_table import tables
+
+    table = tables(report)
+    assert "| I+P+Px progressive (ISP reading) |" in table and "| s_pixel |" in table and "speed-up" in table
     for name in ("cmc_market1501.png", "parts_market1501.png", "pixels_market1501.png"):
         image = cv2.imread(str(figures / name))
         assert image is not None and image.shape[0] > 100 and image.std() > 1, name
