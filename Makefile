@@ -20,3 +20,15 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Every accuracy figure of RESULTS.md from the shipped checkpoint (needs the datasets under data/; about
+# 40 min on 2 CPU cores). Reports and figures go to var/results/.
+CKPT ?= reid/weights/pgr_mobilenetv2_market1501.pt
+EVAL = $(VENV)/bin/python -m training.evaluate_model --checkpoint $(CKPT) --cache var/cache --figures var/results
+.PHONY: results
+results: $(STAMP)
+	mkdir -p var/results
+	$(EVAL) --dataset market1501 --out var/results/market1501.json
+	$(EVAL) --dataset dukemtmc --out var/results/dukemtmc.json
+	$(EVAL) --dataset occluded_duke --out var/results/occluded_duke.json
+	$(VENV)/bin/python -m training.evaluate_peer --dataset market1501 --out var/results/peer_market1501.json

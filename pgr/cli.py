@@ -91,7 +91,7 @@ def retrieval_params(settings):
     from reid.retrieval import RetrievalParams
 
     m = settings.matcher
-    return RetrievalParams(n1=m.n1, a1=m.a1, n2=m.n2, a2=m.a2)
+    return RetrievalParams(n1=m.n1, a1=m.a1, n2=m.n2, a2=m.a2, part_global=m.part_score == "isp")
 
 
 def _stop_on_signals() -> threading.Event:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -19,6 +20,8 @@ from pgr.models import require_model_file
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
+# The project's own trained PGR weights, shipped inside the reid package (RESULTS.md: how they were trained).
+DEFAULT_PGR_CHECKPOINT = Path(str(files("reid") / "weights" / "pgr_mobilenetv2_market1501.pt"))
 
 
 class SettingsError(ValueError):
@@ -70,14 +73,15 @@ class IngestSettings(_Strict):
 
 
 class ReidSettings(_Strict):
-    # The default stays the ImageNet placeholder until training/ ships a PGR checkpoint: an untrained part
-    # classifier makes the instance feature (Eq. 1, mask-weighted) worse than plain pooling.
     model: Literal["pgr", "imagenet-gap"] = Field(
-        "imagenet-gap", description="pgr: instance, part and pixel features; imagenet-gap: ImageNet pooling"
+        "pgr", description="pgr: instance, part and pixel features; imagenet-gap: ImageNet pooling (baseline)"
     )
     backbone: Literal["mobilenetv2", "efficientnet_lite0", "resnet50"] = "mobilenetv2"
     weights: Path | None = Field(None, description="ImageNet backbone weights (None: random init, resnet50)")
-    checkpoint: Path | None = Field(None, description="a trained PGR checkpoint (training/ writes them)")
+    checkpoint: Path | None = Field(
+        DEFAULT_PGR_CHECKPOINT,
+        description="a trained PGR checkpoint (default: the shipped one); null: untrained part classifier",
+    )
     pixel_dim: int | None = Field(64, ge=8, description="stored pixel feature size (fixed projection)")
     device: str = "auto"
     batch_size: int = Field(16, ge=1, le=1024)
@@ -104,6 +108,10 @@ class MatcherSettings(_Strict):
     a1: float = Field(0.05, ge=0, le=1)
     n2: int = Field(30, ge=1, description="progressive retrieval: candidates re-ranked with pixels")
     a2: float = Field(0.8, ge=0, le=1)
+    part_score: Literal["isp", "eq4"] = Field(
+        "isp",
+        description="Eq. 4 reading: isp adds s_ins to the numerator (the default, see RESULTS.md); eq4 as printed",
+    )
 
     @property
     def feature_store_dir(self) -> Path:

@@ -106,14 +106,17 @@ class GalleryFeatures:
 
 @dataclass(frozen=True)
 class RetrievalParams:
-    """Progressive retrieval settings; defaults are the paper's."""
+    """Progressive retrieval settings; defaults are the paper's (N1, a1, N2, a2, eps)."""
 
     n1: int = 1000
     a1: float = 0.05
     n2: int = 30
     a2: float = 0.8
     eps: float = PIXEL_EPS  # s_pixel cycle radius, feature cells
-    part_global: bool = False  # True: ISP reading of Eq. 4 (s_ins added to the numerator)
+    # True: the ISP reading of Eq. 4, s_part = (s_ins + sum_k v s_k) / (1 + sum_k v); False: Eq. 4 as printed
+    # (no global term). The ISP reading is the default: on Market-1501 it keeps the part stage at or above
+    # the instance ranking where the printed form drops it far below (RESULTS.md, "Eq. 4: two readings").
+    part_global: bool = True
 
 
 @dataclass

@@ -99,6 +99,8 @@ def correspondences(
     """The pixel pairs s_pixel keeps: query cells (k, 2), gallery cells (k, 2) as (row, col), cosines (k,)."""
     assert query.pixels is not None and query.pixel_coords is not None
     assert gallery.pixels is not None and gallery.pixel_coords is not None
+    if len(query.pixels) == 0 or len(gallery.pixels) == 0:  # no foreground cell on one side: no pairs
+        return np.zeros((0, 2), np.int16), np.zeros((0, 2), np.int16), np.zeros(0, np.float32)
     xq = torch.nn.functional.normalize(torch.from_numpy(query.pixels).float(), dim=-1)[None]
     xg = torch.nn.functional.normalize(torch.from_numpy(gallery.pixels).float(), dim=-1)[None]
     cq = torch.from_numpy(query.pixel_coords.astype(np.float32))[None]
