@@ -110,7 +110,7 @@ class MatcherSettings(_Strict):
     a2: float = Field(0.8, ge=0, le=1)
     part_score: Literal["isp", "eq4"] = Field(
         "isp",
-        description="Eq. 4 reading: isp adds s_ins to the numerator (the default, see RESULTS.md); eq4 as printed",
+        description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )
 
     @property
