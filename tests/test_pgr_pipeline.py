@@ -50,11 +50,16 @@ def test_parts_and_pixels_are_stored_per_detection(pgr_run):
     settings, index, _, store = pgr_run
     rows = index.get(index.all_ids())
     assert len(rows) >= 10 and all(r.model.startswith("pgr-mobilenetv2") for r in rows)
+    with_pixels = 0
     for r in rows:
         f = store.load(r.camera_id, r.detection_id)
         assert f.parts.shape == (5, 1280) and f.part_visibility.shape == (5,)
         assert f.pixels.shape[1] == 64 and f.pixels.dtype.name == "float16"
-        assert f.pixel_coords.shape == (len(f.pixels), 2) and f.pixel_coords.max() < 16
+        # A crop with no foreground cell stores an empty pixel set (the shipped model has many: RESULTS.md).
+        assert f.pixel_coords.shape == (len(f.pixels), 2)
+        assert len(f.pixels) == 0 or (f.pixel_coords.min() >= 0 and f.pixel_coords.max() < 16)
+        with_pixels += len(f.pixels) > 0
+    assert with_pixels > 0
 
 
 def test_search_equals_progressive_retrieval_over_the_whole_gallery(pgr_run):
