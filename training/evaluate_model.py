@@ -339,7 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--queries", type=int, default=0, help="evaluate only the first N queries (0: all)")
     ap.add_argument("--trivial-queries", type=int, default=200)
-    ap.add_argument("--cache", type=Path, help="keep extracted features here and reuse them")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        help="keep extracted features here and reuse them (keyed on model file and images, not on code: "
+        "empty it after changing the extractor)",
+    )
     ap.add_argument("--figures", type=Path, help="write CMC, parts and pixel-correspondence PNGs here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
