@@ -114,8 +114,8 @@ class RetrievalParams:
     a2: float = 0.8
     eps: float = PIXEL_EPS  # s_pixel cycle radius, feature cells
     # True: the ISP reading of Eq. 4, s_part = (s_ins + sum_k v s_k) / (1 + sum_k v); False: Eq. 4 as printed
-    # (no global term). The ISP reading is the default: on Market-1501 it keeps the part stage at or above
-    # the instance ranking where the printed form drops it far below (RESULTS.md, "Eq. 4: two readings").
+    # (no global term). The ISP reading is the default: on Market-1501 it keeps the part stage near the
+    # instance ranking where the printed form drops it far below (RESULTS.md, "Eq. 4: two readings").
     part_global: bool = True
 
 

@@ -7,9 +7,14 @@ mean of precision at each true match's rank. Queries with no valid true match ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.datasets import Sample
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,10 @@ class RankResult:
 
     def rank(self, k: int) -> float:
         return float(self.cmc[k - 1])
+
+    def row(self) -> dict[str, float]:
+        """R1, R5, R10 and mAP as fractions, as the JSON reports carry them."""
+        return {"R1": self.rank(1), "R5": self.rank(5), "R10": self.rank(10), "mAP": self.mAP}
 
     def __str__(self) -> str:
         return (
@@ -56,3 +65,14 @@ def evaluate_rank(
     if not aps:
         raise ValueError("no query has a true match in the gallery")
     return RankResult(cmc=cmc_sum / len(aps), mAP=float(np.mean(aps)), num_valid_queries=len(aps))
+
+
+def evaluate_samples(distmat: np.ndarray, query: Sequence[Sample], gallery: Sequence[Sample]) -> RankResult:
+    """`evaluate_rank` with the pids and cameras taken from the query and gallery samples."""
+    return evaluate_rank(
+        distmat,
+        np.array([s.pid for s in query]),
+        np.array([s.pid for s in gallery]),
+        np.array([s.camid for s in query]),
+        np.array([s.camid for s in gallery]),
+    )

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from matcher.detection_files import write_atomically
 from reid.extractor import CropFeatures
 from reid.pgr_extractor import PGRExtractor
 from reid.retrieval import (
@@ -38,9 +39,8 @@ from reid.retrieval import (
     progressive_retrieval,
     trivial_ensemble,
 )
-from reid.similarity import s_part
 from training.datasets import Sample, load_dataset
-from training.evaluate import RankResult, evaluate_rank
+from training.evaluate import RankResult, evaluate_samples
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
@@ -78,29 +78,26 @@ def extract(
         feats.extend(extractor.extract(images))
     result = GalleryFeatures.from_crop_features(feats)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "ids"}
-        torch.save(tensors, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        write_atomically(path, lambda tmp: torch.save(tensors, tmp))
     return result
+
+
+def rank_positions(order: torch.Tensor) -> np.ndarray:
+    """The rank position of every gallery item, (Q, G) float32, from an order (Q, G) of gallery rows."""
+    q, g = order.shape
+    dist = np.empty((q, g), dtype=np.float32)
+    np.put_along_axis(dist, order.numpy(), np.arange(g, dtype=np.float32)[None].repeat(q, 0), axis=1)
+    return dist
 
 
 def ranks_of(result: RetrievalResult) -> np.ndarray:
     """A distance-like matrix from a ranking: the rank position of every gallery item."""
-    q, g = result.indices.shape
-    dist = np.empty((q, g), dtype=np.float32)
-    np.put_along_axis(dist, result.indices.numpy(), np.arange(g, dtype=np.float32)[None].repeat(q, 0), axis=1)
-    return dist
+    return rank_positions(result.indices)
 
 
 def evaluate_result(result: RetrievalResult, query: list[Sample], gallery: list[Sample]) -> RankResult:
-    return evaluate_rank(
-        ranks_of(result),
-        np.array([s.pid for s in query]),
-        np.array([s.pid for s in gallery]),
-        np.array([s.camid for s in query]),
-        np.array([s.camid for s in gallery]),
-    )
+    return evaluate_samples(ranks_of(result), query, gallery)
 
 
 def _gallery_order(result: RetrievalResult, values: torch.Tensor) -> torch.Tensor:
@@ -115,12 +112,10 @@ def ranking_difference(
     (Q, G) score matrices; averaged over true matches, then over queries."""
     g_pid = np.array([s.pid for s in gallery])
     g_cam = np.array([s.camid for s in gallery])
-    ranks = {}
-    for name, sc in scores.items():
-        order = torch.sort(sc, dim=1, descending=True, stable=True).indices
-        r = torch.empty_like(order)
-        r.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-        ranks[name] = r.numpy()
+    ranks = {
+        name: rank_positions(torch.sort(sc, dim=1, descending=True, stable=True).indices)
+        for name, sc in scores.items()
+    }
     names = list(scores)
     out: dict[str, float] = {}
     for a_i, a in enumerate(names):
@@ -129,29 +124,9 @@ def ranking_difference(
             for qi, q in enumerate(query):
                 true = (g_pid == q.pid) & (g_cam != q.camid)
                 if true.any():
-                    per_query.append(np.abs(ranks[a][qi, true] - ranks[b][qi, true]).mean())
+                    per_query.append(np.abs(ranks[a][qi, true] - ranks[b][qi, true]).mean(dtype=np.float64))
             out[f"{a} vs {b}"] = float(np.mean(per_query))
     return out
-
-
-def _rank_of_scores(scores: torch.Tensor, query: list[Sample], gallery: list[Sample]) -> RankResult:
-    return evaluate_rank(
-        -scores.numpy(),
-        np.array([s.pid for s in query]),
-        np.array([s.pid for s in gallery]),
-        np.array([s.camid for s in query]),
-        np.array([s.camid for s in gallery]),
-    )
-
-
-def _row(r: RankResult, seconds: float, queries: int) -> dict:
-    return {
-        "R1": r.rank(1),
-        "R5": r.rank(5),
-        "R10": r.rank(10),
-        "mAP": r.mAP,
-        "ms_per_query": 1000 * seconds / queries,
-    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -186,15 +161,16 @@ def run(args: argparse.Namespace) -> dict:
         result = progressive_retrieval(query, gallery, params)
         seconds = time.perf_counter() - t
         r = evaluate_result(result, query_samples, ds.gallery)
-        rows[name] = _row(r, seconds, len(query_samples))
+        rows[name] = {**r.row(), "ms_per_query": 1000 * seconds / len(query_samples)}
         curves[name], results[name] = r.cmc, result
         print(f"{name:42s} {r}  {rows[name]['ms_per_query']:.1f} ms/query")
     n = min(args.trivial_queries, len(query_samples))
     sub = query.select(list(range(n)))
     subset: dict[str, dict] = {"queries": n}
+    trivials: dict[str, RetrievalResult] = {}
     for reading, params in (("ISP reading", replace(base, part_global=True)), ("Eq. 4 as printed", base)):
         t = time.perf_counter()
-        trivial = trivial_ensemble(sub, gallery, params)
+        trivial = trivials[reading] = trivial_ensemble(sub, gallery, params)
         trivial_ms = 1000 * (time.perf_counter() - t) / n
         t = time.perf_counter()
         progressive = progressive_retrieval(sub, gallery, params)
@@ -215,15 +191,13 @@ def run(args: argparse.Namespace) -> dict:
             f"progressive {progressive_ms:.1f} ms/query, {r_prog}; "
             f"speed-up {trivial_ms / progressive_ms:.0f}x"
         )
-    # Each granularity alone over the whole gallery (s_part as printed: no instance term in it).
-    alone = {
-        "s_ins": _gallery_order(trivial, trivial.s_ins),
-        "s_part": s_part(sub.parts, sub.visibility, gallery.parts, gallery.visibility),
-        "s_pixel": _gallery_order(trivial, trivial.s_pixel),
-    }
+    # Each granularity alone over the whole gallery, from the trivial ensemble of Eq. 4 as printed (its
+    # s_part has no instance term in it).
+    printed = trivials["Eq. 4 as printed"]
+    alone = {name: _gallery_order(printed, getattr(printed, name)) for name in ("s_ins", "s_part", "s_pixel")}
     for name, sc in alone.items():
-        r = _rank_of_scores(sc, query_samples[:n], ds.gallery)
-        subset[f"{name} alone"] = {"R1": r.rank(1), "R5": r.rank(5), "R10": r.rank(10), "mAP": r.mAP}
+        r = evaluate_samples(-sc.numpy(), query_samples[:n], ds.gallery)
+        subset[f"{name} alone"] = r.row()
         print(f"{name} alone, first {n} queries: {r}")
     subset["mean ranking difference of true matches"] = ranking_difference(
         alone, query_samples[:n], ds.gallery
@@ -232,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
     rows["whole-gallery scoring on the first queries"] = subset
     if args.figures:
         _write_figures(
-            args,
+            args.figures,
             args.dataset,
             extractor,
             curves,
@@ -266,7 +240,7 @@ def _features_of(feats: GalleryFeatures, row: int) -> CropFeatures:
 
 
 def _write_figures(
-    args: argparse.Namespace,
+    out: Path,
     dataset: str,
     extractor: PGRExtractor,
     curves: dict[str, np.ndarray],
@@ -281,7 +255,6 @@ def _write_figures(
     from reid.extractor import crops_to_tensor
     from training.figures import plot_cmc, plot_correspondences, plot_parts
 
-    out = args.figures
     out.mkdir(parents=True, exist_ok=True)
     model_name = extractor.name
     plot_cmc(curves, out / f"cmc_{dataset}.png", f"{dataset}, {model_name}")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pgr.models import require_model_file
 from training.datasets import Sample, load_dataset
-from training.evaluate import evaluate_rank
+from training.evaluate import evaluate_samples
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
@@ -32,7 +32,7 @@ DEFAULT_MODEL = (
 class OpenVinoReid:
     """An OpenVINO re-ID IR taking BGR 0-255 crops (B, 3, H, W) and giving one embedding per crop."""
 
-    def __init__(self, xml: Path, batch: int = 32, threads: int | None = None) -> None:
+    def __init__(self, xml: Path, batch: int = 32) -> None:
         import openvino as ov
 
         xml = require_model_file(xml, "OpenVINO re-ID model")
@@ -40,8 +40,7 @@ class OpenVinoReid:
         model = core.read_model(str(xml))
         _, _, self.height, self.width = model.inputs[0].partial_shape.to_shape()
         model.reshape({model.inputs[0].any_name: [batch, 3, self.height, self.width]})
-        config = {} if threads is None else {"INFERENCE_NUM_THREADS": threads}
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.compiled = core.compile_model(model, "CPU")
         self.batch = batch
         self.name = xml.stem
 
@@ -81,23 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     gallery = embed_samples(model, ds.gallery, "gallery")
     query = embed_samples(model, queries, "query")
     per_image_ms = 1000 * (time.perf_counter() - t) / (len(ds.gallery) + len(queries))
-    r = evaluate_rank(
-        -(query @ gallery.T),
-        np.array([s.pid for s in queries]),
-        np.array([s.pid for s in ds.gallery]),
-        np.array([s.camid for s in queries]),
-        np.array([s.camid for s in ds.gallery]),
-    )
+    r = evaluate_samples(-(query @ gallery.T), queries, ds.gallery)
     print(f"{model.name} on {args.dataset}: {r}  ({per_image_ms:.1f} ms/image to embed)")
     report = {
         "dataset": args.dataset,
         "model": model.name,
         "queries": len(queries),
         "gallery": len(ds.gallery),
-        "R1": r.rank(1),
-        "R5": r.rank(5),
-        "R10": r.rank(10),
-        "mAP": r.mAP,
+        **r.row(),
         "ms_per_image": per_image_ms,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from matcher.detection_files import write_atomically
 from reid.pgr_model import CHECKPOINT_FORMAT, PGRModel
 
 
@@ -20,12 +21,8 @@ def export(source: Path, target: Path, note: str = "") -> Path:
     """Write `source`'s model to `target` with float16 floating-point tensors (integer buffers kept)."""
     model = PGRModel.load(source)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
     ckpt = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "state_dict": state, "note": note}
-    torch.save(ckpt, tmp)
-    tmp.replace(target)
-    return target
+    return write_atomically(target, lambda tmp: torch.save(ckpt, tmp))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from matcher.detection_files import write_atomically
 from reid.backbones import OUTPUT_STRIDE
 from reid.extractor import pick_device
 from reid.pgr_model import PGRConfig, PGRModel
@@ -203,9 +204,7 @@ def _lr_factor(cfg: Mapping[str, Any], epochs: int):
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def evaluate(
@@ -366,8 +365,7 @@ def train(
             else:
                 candidate.unlink()
         elif final and not ev["enabled"]:
-            model.save(out_dir / "best.pt.tmp")
-            os.replace(out_dir / "best.pt.tmp", out_dir / "best.pt")
+            write_atomically(out_dir / "best.pt", model.save)
         history.append(record)
         print(json.dumps(record))
         _save_atomic(
