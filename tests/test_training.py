@@ -189,6 +189,8 @@ def test_evaluate_model_reports_rows_and_writes_figures(tiny_market: Path, tmp_p
     for name in ("I", "I+P+Px progressive (ISP reading)"):
         assert again["rows"][name]["mAP"] == report["rows"][name]["mAP"]
     assert report["queries"] == 3 and report["gallery"] == 6
+    fg = report["gallery_foreground"]
+    assert 0 <= fg["crops_without_foreground"] <= 1 and len(fg["part_visible_fraction"]) == 5
     for name in ("I", "I+P (ISP reading)", "I+P+Px progressive (ISP reading)", "I+P (Eq. 4 as printed)"):
         row = report["rows"][name]
         assert 0 <= row["mAP"] <= 1 and 0 <= row["R1"] <= row["R5"] <= row["R10"] <= 1

@@ -100,6 +100,18 @@ def evaluate_result(result: RetrievalResult, query: list[Sample], gallery: list[
     return evaluate_samples(ranks_of(result), query, gallery)
 
 
+def foreground_stats(feats: GalleryFeatures) -> dict:
+    """How much of each crop psi calls foreground: cells per crop, crops with none, and how often each part
+    is visible (argmax somewhere), over a feature set."""
+    cells = feats.pixel_mask.sum(dim=1).float()
+    return {
+        "foreground_cells_mean": cells.mean().item(),
+        "foreground_cells_median": cells.median().item(),
+        "crops_without_foreground": (cells == 0).float().mean().item(),
+        "part_visible_fraction": feats.visibility.float().mean(dim=0).tolist(),
+    }
+
+
 def _gallery_order(result: RetrievalResult, values: torch.Tensor) -> torch.Tensor:
     """Per-item values of a ranked result (Q, G) put back in gallery order."""
     return torch.empty_like(values).scatter_(1, result.indices, values)
@@ -145,6 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     gallery = extract(extractor, ds.gallery, args.batch, "gallery", args.cache, args.checkpoint)
     query = extract(extractor, query_samples, args.batch, "query", args.cache, args.checkpoint)
     extract_s = time.perf_counter() - t0
+    print("gallery foreground:", foreground_stats(gallery))
     rows: dict[str, dict] = {}
     base = RetrievalParams(part_global=False)  # Eq. 4 as printed; each variant names its reading
     variants = {
@@ -223,6 +236,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": extractor.name,
         "pixel_dim": args.pixel_dim,
         "extract_s": extract_s,
+        "gallery_foreground": foreground_stats(gallery),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "rows": rows,
     }
