@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher.detection_files import detection_path, write_atomically
+from matcher.detection_files import detection_path
+from pgr.files import write_atomically
 from pgr.messages import CropFeatures
 
 

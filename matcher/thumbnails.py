@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matcher.detection_files import detection_path, write_atomically
+from matcher.detection_files import detection_path
+from pgr.files import write_atomically
 
 
 class ThumbnailStore:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from matcher.detection_files import write_atomically
+from pgr.files import write_atomically
 from reid.extractor import CropFeatures
 from reid.pgr_extractor import PGRExtractor
 from reid.retrieval import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from matcher.detection_files import write_atomically
+from pgr.files import write_atomically
 from reid.pgr_model import CHECKPOINT_FORMAT, PGRModel
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from matcher.detection_files import write_atomically
+from pgr.files import write_atomically
 from reid.backbones import OUTPUT_STRIDE
 from reid.extractor import pick_device
 from reid.pgr_model import PGRConfig, PGRModel
