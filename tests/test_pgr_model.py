@@ -13,7 +13,14 @@ from pgr.models import ModelFileMissing
 from reid.backbones import build_backbone
 from reid.extractor import crops_to_tensor
 from reid.pgr_extractor import PGRExtractor
-from reid.pgr_model import PGRConfig, PGRModel, instance_feature, part_features, part_visibility
+from reid.pgr_model import (
+    PGRConfig,
+    PGRModel,
+    cell_labels,
+    instance_feature,
+    part_features,
+    part_visibility,
+)
 
 WEIGHTS = {
     "mobilenetv2": "mobilenetv2_imagenet_features.pt",
@@ -69,6 +76,19 @@ def test_pooling_matches_equations_1_and_3():
         torch.testing.assert_close(instance_feature(x, mask)[n], ins / mask[n].sum())
         torch.testing.assert_close(part_features(x, probs)[n], parts / probs[n, 1:].sum((1, 2))[:, None])
     assert part_visibility(labels, 3).tolist() == [[True, False, True], [False, False, False]]
+
+
+def test_cell_labels_foreground_is_mask_over_half():
+    # P over (background, part 1, part 2, part 3) for four cells of one image
+    probs = torch.tensor(
+        [
+            [0.40, 0.20, 0.20, 0.20],  # bg beats each part, not their sum: part 1 (tie)
+            [0.60, 0.30, 0.05, 0.05],  # M = 0.4: background
+            [0.10, 0.10, 0.70, 0.10],  # part 2
+            [0.55, 0.10, 0.05, 0.30],  # M = 0.45: background
+        ]
+    ).T.reshape(1, 4, 2, 2)
+    assert cell_labels(probs).tolist() == [[[1, 0], [2, 0]]]
 
 
 def test_reduce_dim_and_checkpoint_round_trip(assets_dir: Path, crops, tmp_path: Path):

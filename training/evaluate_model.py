@@ -102,7 +102,7 @@ def evaluate_result(result: RetrievalResult, query: list[Sample], gallery: list[
 
 def foreground_stats(feats: GalleryFeatures) -> dict:
     """How much of each crop psi calls foreground: cells per crop, crops with none, and how often each part
-    is visible (argmax somewhere), over a feature set."""
+    is visible (some cell labelled with it), over a feature set."""
     cells = feats.pixel_mask.sum(dim=1).float()
     return {
         "foreground_cells_mean": cells.mean().item(),
@@ -287,7 +287,7 @@ def _write_figures(
         list(labels.cpu().numpy()),
         out / f"parts_{dataset}.png",
         extractor.input_size,
-        f"learned parts (argmax of psi), {dataset} queries, {model_name}",
+        f"learned parts (psi: M > 1/2, most probable part), {dataset} queries, {model_name}",
     )
     ranking = results["I+P+Px progressive (ISP reading)"].indices
     pairs = []

@@ -74,7 +74,7 @@ def plot_parts(
     size_hw: tuple[int, int] = (256, 128),
     title: str = "",
 ) -> Path:
-    """Each image above its learned part map (argmax of psi; background left uncoloured)."""
+    """Each image above its learned part map (psi, as `cell_labels` decides; background left uncoloured)."""
     n = len(images_bgr)
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 5.4), dpi=120, squeeze=False)
     for col, (image, lab) in enumerate(zip(images_bgr, labels, strict=True)):
