@@ -109,6 +109,23 @@ def test_kill_and_resume_is_bit_identical(tiny_market: Path, tmp_path: Path) -> 
     assert torch.equal(a["pseudo_labels"], b["pseudo_labels"])
 
 
+def test_init_from_starts_from_another_runs_weights(tiny_market: Path, tmp_path: Path) -> None:
+    train(tiny_config(tiny_market, tmp_path / "first", epochs=1))
+    # lr 0: Adam leaves every weight where the run started; only BatchNorm's running statistics move
+    frozen = {"lr": 0.0, "warmup_epochs": 0}
+    init = str(tmp_path / "first" / "last.pt")
+    train(tiny_config(tiny_market, tmp_path / "second", epochs=1, init_from=init, optim=frozen))
+    train(tiny_config(tiny_market, tmp_path / "control", epochs=1, optim=frozen))
+    a, b, control = (
+        torch.load(tmp_path / run / "last.pt", weights_only=False) for run in ("first", "second", "control")
+    )
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    for part in ("model", "heads"):
+        weights = [key for key in a[part] if not key.endswith(stats)]
+        assert all(torch.equal(a[part][key], b[part][key]) for key in weights), part
+        assert not all(torch.equal(a[part][key], control[part][key]) for key in weights), part
+
+
 def test_pseudo_labels_on_synthetic_features() -> None:
     n, d, h, w, parts = 3, 16, 12, 6, 3
     gen = torch.Generator().manual_seed(0)

@@ -18,6 +18,9 @@ augmentation, global torch / numpy / python RNGs) is derived from (seed, epoch),
 epochs and resumed with --resume ends bit-identical (on CPU) to an uninterrupted one. `best.pt` is an
 inference checkpoint (`PGRModel.save`, loadable by `reid.pgr_extractor.PGRExtractor(checkpoint=...)`):
 the best by mAP of progressive retrieval on query/gallery, or the last model when evaluation is off.
+
+`init_from` starts a run from another run's `last.pt` (the model, and the heads unless `init_heads` is
+false) with a fresh optimizer and schedule: a second stage on the same data, or another dataset.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/pgr",
     "seed": 0,
     "device": "auto",
+    "init_from": None,  # a training checkpoint (another run's last.pt) whose model starts this run
+    "init_heads": True,  # and its BN-neck/classifier heads too (false when the identities differ)
     "model": {
         "backbone": "mobilenetv2",
         "weights": "mobilenetv2_imagenet_features.pt",  # under $PGR_ASSETS/weights unless absolute
@@ -285,6 +290,11 @@ def train(
     best = -1.0
     start = 0
     last = out_dir / "last.pt"
+    if cfg["init_from"] and not resume:
+        init = torch.load(Path(cfg["init_from"]), map_location="cpu", weights_only=False)  # our own file
+        model.load_state_dict(init["model"])
+        if cfg["init_heads"]:
+            heads.load_state_dict(init["heads"])
     if resume:
         if not last.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last}")
