@@ -7,6 +7,7 @@ top N1 are exactly the candidates progressive retrieval re-ranks with s_part, th
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,3 +70,19 @@ def search_image(
     reranked = set(usable)
     out += [h for i, h in enumerate(hits) if i not in reranked]
     return out[:top_k]
+
+
+def longest_track_query(
+    detections: list[IndexedDetection],
+) -> tuple[tuple[str, int], int, IndexedDetection] | None:
+    """The longest local track ((camera, track), its length) and the crop in its middle, or None untracked.
+
+    The middle, not the first crop: a track's first crops are often partial or taken just before an ID
+    switch, so the tracker's label is least trustworthy there.
+    """
+    tracks = Counter((d.camera_id, d.track_id) for d in detections if d.track_id >= 0)
+    if not tracks:
+        return None
+    key, n = tracks.most_common(1)[0]
+    crops = sorted((d for d in detections if (d.camera_id, d.track_id) == key), key=lambda d: d.frame_index)
+    return key, n, crops[len(crops) // 2]

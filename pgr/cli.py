@@ -126,7 +126,7 @@ def _demo(args) -> int:
 
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
-    from matcher.search import search_image
+    from matcher.search import longest_track_query, search_image
     from matcher.sheet import write_contact_sheet
     from pgr.metrics import PipelineMetrics, counter_total
     from pgr.pipeline import build_extractor, run_embedded
@@ -164,16 +164,12 @@ def _demo(args) -> int:
         f"local tracks: {len(tracks)}; the longest: "
         + ", ".join(f"{cam}/track {t} ({n} crops)" for (cam, t), n in tracks.most_common(5))
     )
-    if not tracks:
+    picked = longest_track_query(detections)
+    if picked is None:
         print("no person was tracked; nothing to search")
         index.close()
         return 0
-    (cam, track), _ = tracks.most_common(1)[0]
-    query = next(
-        d
-        for d in sorted(detections, key=lambda d: d.frame_index)
-        if (d.camera_id, d.track_id) == (cam, track)
-    )
+    (cam, track), _, query = picked
     print(f"\nsearch with the crop of {query.detection_id} ({query.thumbnail}):")
     hits = search_image(
         index,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from matcher.index import DetectionIndex
-from matcher.search import search_image
+from matcher.search import longest_track_query, search_image
 from pgr.metrics import PipelineMetrics
 from pgr.pipeline import build_extractor, run_embedded
 from pgr.settings import load_settings
@@ -74,12 +73,11 @@ def test_persons_are_detected_tracked_and_indexed(embedded_run):
 
 
 def own_track_query(index: DetectionIndex):
-    """The longest track, its length and the crop in its middle (a track's first crops are often partial or
-    taken just before an ID switch, so the tracker's label is least trustworthy there)."""
-    rows = index.get(index.all_ids())
-    track, n = Counter(r.track_id for r in rows if r.track_id >= 0).most_common(1)[0]
-    crops = sorted((r for r in rows if r.track_id == track), key=lambda r: r.frame_index)
-    return track, n, crops[len(crops) // 2]
+    """The longest track's id, its length and the crop in its middle (single-camera runs)."""
+    picked = longest_track_query(index.get(index.all_ids()))
+    assert picked is not None, "nothing was tracked"
+    (_, track), n, query = picked
+    return track, n, query
 
 
 def assert_own_track_first(hits, query, track: int) -> None:
