@@ -91,13 +91,9 @@ def rank_positions(order: torch.Tensor) -> np.ndarray:
     return dist
 
 
-def ranks_of(result: RetrievalResult) -> np.ndarray:
-    """A distance-like matrix from a ranking: the rank position of every gallery item."""
-    return rank_positions(result.indices)
-
-
 def evaluate_result(result: RetrievalResult, query: list[Sample], gallery: list[Sample]) -> RankResult:
-    return evaluate_samples(ranks_of(result), query, gallery)
+    """CMC and mAP of a ranking, its rank positions standing in for distances."""
+    return evaluate_samples(rank_positions(result.indices), query, gallery)
 
 
 def foreground_stats(feats: GalleryFeatures) -> dict:
@@ -181,8 +177,8 @@ def run(args: argparse.Namespace) -> dict:
     sub = query.select(list(range(n)))
     subset: dict[str, dict] = {"queries": n}
     trivials: dict[str, RetrievalResult] = {}
-    # untimed warm-up: the first whole-gallery pass pays for allocating its large score buffers (the first
-    # timed reading measured 2.4x slower than the second without it)
+    # untimed warm-up, so one-off first-call costs stay out of the first reading's time. It does not remove
+    # the run-to-run noise of the trivial ensemble's time on a small VM (up to 4x measured, RESULTS.md).
     trivial_ensemble(query.select([0]), gallery, base)
     for reading, params in (("ISP reading", replace(base, part_global=True)), ("Eq. 4 as printed", base)):
         t = time.perf_counter()
