@@ -22,6 +22,15 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
 # The project's own trained PGR weights, shipped inside the reid package (RESULTS.md: how they were trained).
 DEFAULT_PGR_CHECKPOINT = Path(str(files("reid") / "weights" / "pgr_mobilenetv2_market1501.pt"))
+# Intel's person-reidentification-retail-0277 IR (Apache-2.0), shipped beside them.
+DEFAULT_OPENVINO_REID = Path(
+    str(
+        files("reid")
+        / "weights"
+        / "person-reidentification-retail-0277"
+        / "person-reidentification-retail-0277.xml"
+    )
+)
 
 
 class SettingsError(ValueError):

@@ -13,6 +13,9 @@ the last downsampling stage is run at stride 1 instead:
   torchvision and timm cannot be installed offline, so it is built here from plain torch layers. Block 11
   runs at stride 1, blocks 12-15 at dilation 2. It expects inputs in [-1, 1]; it takes the ImageNet-
   normalised tensor of `reid.extractor.crops_to_tensor` and converts it itself. 1280 channels.
+- "osnet_x0_25": OSNet x0.25 (`reid.osnet`, written from the paper with torchreid's parameter names), stride
+  16 by design, 128 channels; loads torchreid state dicts (e.g. osnet_x0_25_msmt17.pth) strictly. It has an
+  embedding of its own (`embed_pooled`: fc to 512-d), which PGRModel applies to x_ins when configured.
 - "resnet50": torchvision ResNet-50 up to layer4 with layer4's stride set to 1 and no dilation (the re-ID
   "last stride 1" convention). Random init, or a torchvision-format state dict. 2048 channels.
 
@@ -35,6 +38,7 @@ from torch import nn
 
 from pgr.models import require_model_file
 from reid.extractor import IMAGENET_MEAN, IMAGENET_STD, load_ordered_state
+from reid.osnet import OSNet, load_torchreid_state
 
 OUTPUT_STRIDE = 16
 
@@ -172,10 +176,18 @@ def _resnet50(weights: Path | None) -> tuple[nn.Module, int]:
     return net, 2048
 
 
+def _osnet_x0_25(weights: Path | None) -> tuple[nn.Module, int]:
+    net = OSNet.x0_25()
+    if weights is not None:
+        load_torchreid_state(net, weights)
+    return net, net.channels
+
+
 BACKBONES: dict[str, Callable[[Path | None], tuple[nn.Module, int]]] = {
     "mobilenetv2": _mobilenetv2,
     "efficientnet_lite0": _efficientnet_lite0,
     "resnet50": _resnet50,
+    "osnet_x0_25": _osnet_x0_25,
 }
 
 

@@ -30,7 +30,7 @@ class PGRExtractor:
 
     def __init__(
         self,
-        backbone: str = "mobilenetv2",
+        backbone: str | None = "mobilenetv2",
         weights: Path | None = None,
         checkpoint: Path | None = None,
         device: str = "auto",
@@ -48,11 +48,13 @@ class PGRExtractor:
         self.pixel_dtype, self.part_dtype, self.batch_size = pixel_dtype, part_dtype, batch_size
         if checkpoint is not None:
             model = PGRModel.load(checkpoint)
-            if model.config.backbone != backbone:
+            if backbone is not None and model.config.backbone != backbone:
                 raise ValueError(
                     f"{checkpoint}: checkpoint backbone is {model.config.backbone!r}, not {backbone!r}"
                 )
         else:
+            if backbone is None:
+                raise ValueError("an untrained PGR extractor needs a backbone name")
             model = PGRModel(PGRConfig(backbone, num_parts, reduce_dim), weights)
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.projection = None
@@ -60,7 +62,7 @@ class PGRExtractor:
             self.projection = orthogonal_projection(model.dim, pixel_dim, projection_seed).to(self.device)
         trained = "-untrained" if checkpoint is None else f"-{Path(checkpoint).stem}"
         px = "" if self.projection is None else f"-px{pixel_dim}s{projection_seed}"
-        self.name = f"pgr-{backbone}{trained}{px}"
+        self.name = f"pgr-{model.config.backbone}{trained}{px}"
 
     @torch.inference_mode()
     def extract(self, crops: list[np.ndarray]) -> list[CropFeatures]:
@@ -72,8 +74,8 @@ class PGRExtractor:
 
     def _extract_batch(self, crops: list[np.ndarray]) -> list[CropFeatures]:
         out = self.model(crops_to_tensor(crops, self.input_size, self.device))
-        instance = F.normalize(out.instance, dim=-1).cpu().numpy().astype(np.float32)
-        parts = F.normalize(out.parts, dim=-1).cpu().numpy().astype(self.part_dtype)
+        instance = F.normalize(out.instance_out, dim=-1).cpu().numpy().astype(np.float32)
+        parts = F.normalize(out.parts_out, dim=-1).cpu().numpy().astype(self.part_dtype)
         visible = out.visibility.cpu().numpy()
         pixels = out.features.permute(0, 2, 3, 1)  # (n, h, w, d)
         if self.projection is not None:

@@ -31,6 +31,10 @@ class PGRConfig:
     backbone: str = "mobilenetv2"
     num_parts: int = 5  # p; the classifier has p + 1 classes, class 0 = background
     reduce_dim: int | None = None  # d after a 1x1 conv+BN+ReLU; None keeps the backbone's channels
+    # x_ins through the backbone's own embedding layer (OSNet's fc) after the M-weighted pooling of Eq. 1
+    backbone_embedding: bool = False
+    # BN-necks on x_ins and every p_k (BoT): trained with the ID classifiers, used at inference when true
+    neck: bool = False
 
 
 @dataclass
@@ -41,11 +45,13 @@ class PGROutput:
     logits: torch.Tensor  # psi(X): (n, p+1, h, w)
     probs: torch.Tensor  # P = softmax over classes: (n, p+1, h, w)
     mask: torch.Tensor  # M = sum of the foreground part probabilities: (n, h, w)
-    instance: torch.Tensor  # x_ins, Eq. 1: (n, d), not normalised
-    parts: torch.Tensor  # p_k, Eq. 3: (n, p, d), not normalised
+    instance: torch.Tensor  # x_ins, Eq. 1 (or its embedding): (n, e), not normalised, before any neck
+    parts: torch.Tensor  # p_k, Eq. 3: (n, p, d), not normalised, before any neck
     visibility: torch.Tensor  # v_k: (n, p) bool, part k is the label of some cell
     labels: torch.Tensor  # class per cell (see `cell_labels`): (n, h, w) long, 0 = background
     foreground: torch.Tensor  # M > 1/2, the same as labels != 0: (n, h, w) bool
+    instance_out: torch.Tensor  # what inference stores: x_ins after its neck when the model has necks
+    parts_out: torch.Tensor  # p_k after their necks when the model has necks
 
 
 def instance_feature(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,6 +100,17 @@ class PGRModel(nn.Module):
             channels = config.reduce_dim
         self.dim = channels
         self.part_classifier = nn.Conv2d(channels, config.num_parts + 1, 1)
+        self.instance_dim = channels
+        if config.backbone_embedding:
+            if not hasattr(self.backbone, "embed_pooled"):
+                raise ValueError(f"backbone {config.backbone!r} has no embedding of its own")
+            self.instance_dim = self.backbone.feature_dim
+        self.necks: nn.ModuleList | None = None
+        if config.neck:
+            dims = [self.instance_dim] + [channels] * config.num_parts
+            self.necks = nn.ModuleList(nn.BatchNorm1d(d) for d in dims)
+            for neck in self.necks:
+                neck.bias.requires_grad_(False)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """X (n, d, h, w) for ImageNet-normalised images (n, 3, H, W)."""
@@ -105,17 +122,32 @@ class PGRModel(nn.Module):
         probs = logits.softmax(dim=1)
         mask = probs[:, 1:].sum(dim=1)
         labels = cell_labels(probs)
+        instance = instance_feature(x, mask)
+        if self.config.backbone_embedding:
+            instance = self.backbone.embed_pooled(instance)
+        parts = part_features(x, probs)
+        instance_out, parts_out = instance, parts
+        if self.necks is not None:
+            instance_out, parts_out = self.apply_necks(instance, parts)
         return PGROutput(
             features=x,
             logits=logits,
             probs=probs,
             mask=mask,
-            instance=instance_feature(x, mask),
-            parts=part_features(x, probs),
+            instance=instance,
+            parts=parts,
             visibility=part_visibility(labels, self.config.num_parts),
             labels=labels,
             foreground=labels != 0,
+            instance_out=instance_out,
+            parts_out=parts_out,
         )
+
+    def apply_necks(self, instance: torch.Tensor, parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_ins (n, e) and p_k (n, p, d) through their BN-necks."""
+        assert self.necks is not None
+        necked = [neck(parts[:, k]) for k, neck in enumerate(self.necks[1:])]
+        return self.necks[0](instance), torch.stack(necked, dim=1)
 
     def save(self, path: Path) -> None:
         """Write a checkpoint that `load` rebuilds without the backbone's ImageNet file."""

@@ -1,9 +1,18 @@
 """Part pseudo labels for training psi, decided from the network's own features (no parsing model).
 
-Foreground (ISP-style): per image, the L2 norm of every pixel feature, rescaled to [0, 1] within the image,
-split by a 1-D 2-means; the high-norm cluster is the foreground. Parts: per identity, K-means (k = p) over
-the L2-normalised foreground pixel features of all its images; clusters are renumbered 1..p by mean row
-(1 = top), background is 0. An identity with fewer foreground cells than p gets p horizontal bands.
+Foreground, two rules (`foreground_rule`):
+- "image": per image, the L2 norm of every pixel feature rescaled to [0, 1] within the image, split by a
+  1-D 2-means; the high-norm cluster is the foreground (the first trainer's rule).
+- "identity" (ISP's, Zhu et al. 2020): each pixel's norm divided by its image's largest, sharpened by
+  1 / (1 + exp(-10 v + 2)), then ONE 1-D 2-means over all pixels of all images of the identity; the high
+  cluster is the foreground. Pooling over the identity keeps an image whose background is bright (a wall, a
+  car) from calling that background foreground just because it is the brightest thing in that image.
+Either may be multiplied by a centre prior first (`centre_prior` > 0): weight 1 in the middle columns,
+falling linearly to 1 - centre_prior at the left and right edges (detector crops centre the person).
+
+Parts: per identity, K-means (k = p) over the L2-normalised foreground pixel features of all its images;
+clusters are renumbered 1..p by mean row (1 = top), background is 0. An identity with fewer foreground
+cells than p gets p horizontal bands.
 """
 
 from __future__ import annotations
@@ -35,6 +44,41 @@ def foreground(features: torch.Tensor, iters: int = 20) -> torch.Tensor:
     return high.view(features.shape[0], *features.shape[2:])
 
 
+def sharpen(v: torch.Tensor) -> torch.Tensor:
+    """ISP's squash of a [0, 1] norm: 1 / (1 + exp(-5 (2 v - 1) - 3))."""
+    return torch.sigmoid(10 * v - 2)
+
+
+def centre_weight(h: int, w: int, strength: float) -> torch.Tensor:
+    """(h, w) weights: 1 in the middle half of the columns, linear down to 1 - strength at the edges."""
+    cols = (torch.arange(w, dtype=torch.float32) + 0.5) / w  # 0..1
+    dist = ((cols - 0.5).abs() - 0.25).clamp_min(0) / 0.25  # 0 in the middle half, 1 at the edges
+    return (1 - strength * dist)[None, :].expand(h, w)
+
+
+def two_means_high(values: torch.Tensor, iters: int = 30) -> torch.Tensor:
+    """1-D 2-means over all `values` (any shape); True where a value belongs to the high cluster."""
+    v = values.flatten()
+    c0, c1 = v.min(), v.max()
+    high = torch.ones_like(v, dtype=torch.bool)
+    for _ in range(iters):
+        high = (v - c1).abs() < (v - c0).abs()
+        if high.all() or not high.any():
+            break
+        c1, c0 = v[high].mean(), v[~high].mean()
+    return high.view(values.shape)
+
+
+def identity_foreground(features: torch.Tensor, centre_prior: float = 0.0) -> torch.Tensor:
+    """(n, h, w) bool foreground of the n images (n, d, h, w) of ONE identity, by ISP's rule."""
+    norm = features.float().norm(dim=1)  # (n, h, w)
+    v = norm / norm.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    v = sharpen(v)
+    if centre_prior > 0:
+        v = v * centre_weight(*v.shape[1:], centre_prior)
+    return two_means_high(v)
+
+
 def identity_part_labels(
     features: torch.Tensor, fg: torch.Tensor, num_parts: int, seed: int = 0, n_init: int = 2
 ) -> np.ndarray:
@@ -60,6 +104,34 @@ def identity_part_labels(
     return labels
 
 
+def label_group(
+    feats: torch.Tensor,
+    sizes: list[int],
+    num_parts: int,
+    seed: int = 0,
+    foreground_rule: str = "image",
+    centre_prior: float = 0.0,
+) -> list[np.ndarray]:
+    """Part labels of consecutive identities whose images are stacked in `feats` (sizes: images each)."""
+    if foreground_rule not in ("image", "identity"):
+        raise ValueError(f"unknown foreground rule {foreground_rule!r}: image or identity")
+    out, offset = [], 0
+    if foreground_rule == "image":
+        norm_feats = feats
+        if centre_prior > 0:
+            norm_feats = feats * centre_weight(*feats.shape[2:], centre_prior)[None, None]
+        fg_all = foreground(norm_feats)
+    for n in sizes:
+        chunk = feats[offset : offset + n]
+        if foreground_rule == "image":
+            fg = fg_all[offset : offset + n]
+        else:
+            fg = identity_foreground(chunk, centre_prior)
+        out.append(identity_part_labels(chunk, fg, num_parts, seed))
+        offset += n
+    return out
+
+
 @torch.no_grad()
 def compute_pseudo_labels(
     model: PGRModel,
@@ -69,6 +141,8 @@ def compute_pseudo_labels(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    foreground_rule: str = "image",
+    centre_prior: float = 0.0,
 ) -> np.ndarray:
     """(N, h, w) int8 labels for every training sample, model in eval mode, identity by identity.
 
@@ -97,14 +171,16 @@ def compute_pseudo_labels(
         feats = torch.cat(maps)
         if result is None:
             result = np.zeros((len(samples), *feats.shape[2:]), dtype=np.int8)
-        fg = foreground(feats)
-        offset = 0
-        for pid in group:
-            n = len(by_pid[pid])
-            result[by_pid[pid]] = identity_part_labels(
-                feats[offset : offset + n], fg[offset : offset + n], model.config.num_parts, seed
-            )
-            offset += n
+        result_rows = label_group(
+            feats,
+            [len(by_pid[pid]) for pid in group],
+            model.config.num_parts,
+            seed,
+            foreground_rule,
+            centre_prior,
+        )
+        for pid, labels in zip(group, result_rows, strict=True):
+            result[by_pid[pid]] = labels
     model.train(was_training)
     assert result is not None, "no training samples"
     return result

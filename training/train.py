@@ -48,7 +48,7 @@ from tqdm import tqdm
 from pgr.files import write_atomically
 from reid.backbones import OUTPUT_STRIDE
 from reid.extractor import pick_device
-from reid.pgr_model import PGRConfig, PGRModel
+from reid.pgr_model import PGRConfig, PGRModel, PGROutput
 from training.datasets import ReidDataset, Sample, load_dataset
 from training.losses import id_loss, triplet_loss
 from training.pseudo_labels import compute_pseudo_labels
@@ -71,6 +71,8 @@ DEFAULTS: dict[str, Any] = {
         "weights": "mobilenetv2_imagenet_features.pt",  # under $PGR_ASSETS/weights unless absolute
         "num_parts": 5,
         "reduce_dim": None,
+        "backbone_embedding": False,  # x_ins through the backbone's own embedding layer (OSNet's fc)
+        "neck": False,  # BN-necks kept in the model and used at inference
         "freeze_backbone_stages": 0,  # the first N top-level children of the backbone
     },
     "input_size": [256, 128],
@@ -81,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "pseudo_every": 4,
     "pseudo_batch": 64,
+    "foreground_rule": "image",  # pseudo labels' foreground: image (per-image 2-means) or identity (ISP)
+    "centre_prior": 0.0,  # 0: none; else how much the edge columns are damped before the 2-means
     "optim": {
         "lr": 3.5e-4,
         "weight_decay": 5e-4,
@@ -137,20 +141,29 @@ def _seed_everything(seed: int) -> None:
 
 
 class TrainingHeads(nn.Module):
-    """BN-neck + bias-free linear ID classifier for x_ins and for each part feature (training only)."""
+    """Bias-free linear ID classifiers for x_ins and for each part feature (training only), behind BN-necks:
+    the heads' own, or the model's when it keeps its necks for inference (`PGRConfig.neck`)."""
 
-    def __init__(self, dim: int, num_parts: int, num_ids: int) -> None:
+    def __init__(self, model: PGRModel, num_ids: int) -> None:
         super().__init__()
-        self.necks = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(num_parts + 1))
-        self.classifiers = nn.ModuleList(nn.Linear(dim, num_ids, bias=False) for _ in range(num_parts + 1))
-        for neck, fc in zip(self.necks, self.classifiers, strict=True):
-            neck.bias.requires_grad_(False)
+        dims = [model.instance_dim] + [model.dim] * model.config.num_parts
+        self.necks: nn.ModuleList | None = None
+        if model.necks is None:
+            self.necks = nn.ModuleList(nn.BatchNorm1d(d) for d in dims)
+            for neck in self.necks:
+                neck.bias.requires_grad_(False)
+        self.classifiers = nn.ModuleList(nn.Linear(d, num_ids, bias=False) for d in dims)
+        for fc in self.classifiers:
             nn.init.normal_(fc.weight, std=0.001)
 
-    def forward(self, instance: torch.Tensor, parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits for x_ins (n, C) and for the parts (n, p, C)."""
-        feats = [instance] + [parts[:, k] for k in range(parts.shape[1])]
-        logits = [fc(neck(f)) for f, neck, fc in zip(feats, self.necks, self.classifiers, strict=True)]
+    def forward(self, out: PGROutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for x_ins (n, C) and for the parts (n, p, C) of a model output."""
+        if self.necks is None:
+            feats = [out.instance_out] + [out.parts_out[:, k] for k in range(out.parts_out.shape[1])]
+        else:
+            feats = [out.instance] + [out.parts[:, k] for k in range(out.parts.shape[1])]
+            feats = [neck(f) for f, neck in zip(feats, self.necks, strict=True)]
+        logits = [fc(f) for f, fc in zip(feats, self.classifiers, strict=True)]
         return logits[0], torch.stack(logits[1:], dim=1)
 
 
@@ -259,11 +272,17 @@ def train(
     ds = load_dataset(Path(cfg["data_root"]), cfg["dataset"])
     mcfg = cfg["model"]
     model = PGRModel(
-        PGRConfig(mcfg["backbone"], int(mcfg["num_parts"]), mcfg["reduce_dim"]),
+        PGRConfig(
+            mcfg["backbone"],
+            int(mcfg["num_parts"]),
+            mcfg["reduce_dim"],
+            bool(mcfg["backbone_embedding"]),
+            bool(mcfg["neck"]),
+        ),
         _weights_path(mcfg["weights"]),
     ).to(device)
     num_parts = model.config.num_parts
-    heads = TrainingHeads(model.dim, num_parts, ds.num_train_pids).to(device)
+    heads = TrainingHeads(model, ds.num_train_pids).to(device)
     frozen = _frozen_modules(model, int(mcfg["freeze_backbone_stages"]))
     for module in frozen:
         module.requires_grad_(False)
@@ -317,7 +336,15 @@ def train(
         _seed_everything(_epoch_seed(seed, epoch, 0))
         if labels is None or epoch % int(cfg["pseudo_every"]) == 0:
             labels = compute_pseudo_labels(
-                model, ds.train, (height, width), device, int(cfg["pseudo_batch"]), seed, cfg["progress"]
+                model,
+                ds.train,
+                (height, width),
+                device,
+                int(cfg["pseudo_batch"]),
+                seed,
+                cfg["progress"],
+                cfg["foreground_rule"],
+                float(cfg["centre_prior"]),
             )
         batches = pk_batches(pids, int(cfg["p"]), int(cfg["k"]), seed, epoch, max_batches)
         order = [i for b in batches for i in b]
@@ -338,7 +365,7 @@ def train(
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = model(images)
-                ins_logits, part_logits = heads(out.instance, out.parts)
+                ins_logits, part_logits = heads(out)
             ls, margin = float(lcfg["label_smoothing"]), float(lcfg["margin"])
             terms = {
                 "id": id_loss(ins_logits, targets, ls),

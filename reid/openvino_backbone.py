@@ -1,0 +1,92 @@
+"""A frozen OpenVINO re-ID network as a PGR backbone: one inference gives the feature map X and the
+network's own embedding.
+
+Intel's person-reidentification-retail-0277 (Apache-2.0) pools its last 16 x 8 x 512 map (op "1126", the
+ReLU before a learned depthwise 16 x 8 pooling) into a 256-d embedding. The map is added as a second output
+of the read model, so X costs nothing extra. The IR takes BGR 0-255 crops of 256 x 128, NCHW.
+
+>>> net = OpenVinoBackbone(Path("person-reidentification-retail-0277.xml"))  # doctest: +SKIP
+>>> maps, emb = net.run([crop])  # doctest: +SKIP
+>>> maps.shape, emb.shape  # doctest: +SKIP
+((1, 512, 16, 8), (1, 256))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pgr.models import require_model_file
+
+MAP_OUTPUT_0277 = "1126"
+
+
+class OpenVinoBackbone:
+    """Runs an OpenVINO re-ID IR on BGR crops; returns (X (n, c, h, w), embedding (n, e)) as float32."""
+
+    def __init__(self, xml: Path, map_output: str = MAP_OUTPUT_0277, batch: int = 32, threads: int = 0):
+        import openvino as ov
+
+        xml = require_model_file(xml, "OpenVINO re-ID model")
+        if xml.is_dir():
+            candidates = sorted(xml.glob("*.xml"))
+            if len(candidates) != 1:
+                raise FileNotFoundError(f"{xml}: expected one .xml IR in the folder, found {len(candidates)}")
+            xml = candidates[0]
+        if not xml.with_suffix(".bin").is_file():
+            raise FileNotFoundError(
+                f"{xml}: its weights {xml.with_suffix('.bin').name} are missing beside it"
+            )
+        core = ov.Core()
+        try:
+            model = core.read_model(str(xml))
+        except RuntimeError as exc:
+            raise ValueError(f"{xml}: not a readable OpenVINO IR ({str(exc).splitlines()[0]})") from None
+        ops = {op.get_friendly_name(): op for op in model.get_ops()}
+        if map_output not in ops:
+            raise ValueError(f"{xml}: no op named {map_output!r} to take the feature map from")
+        model.add_outputs([ops[map_output].output(0)])
+        _, _, self.height, self.width = model.inputs[0].partial_shape.to_shape()
+        model.reshape({model.inputs[0].any_name: [-1, 3, self.height, self.width]})
+        config = {"PERFORMANCE_HINT": "THROUGHPUT"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.batch = batch
+        self.name = xml.stem
+        self.embedding_dim = int(model.outputs[0].partial_shape[1].get_length())
+        self.channels = int(ops[map_output].output(0).get_partial_shape()[1].get_length())
+
+    def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
+        """BGR uint8 crops of any size -> (n, 3, H, W) float32 BGR 0-255, as the IR expects."""
+        x = np.empty((len(crops), 3, self.height, self.width), dtype=np.float32)
+        for i, crop in enumerate(crops):
+            x[i] = cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_LINEAR).transpose(
+                2, 0, 1
+            )
+        return x
+
+    def run_tensor(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(X, embedding) of a preprocessed batch (n, 3, H, W)."""
+        maps, embs = [], []
+        for start in range(0, len(x), self.batch):
+            out = self.request.infer({0: x[start : start + self.batch]})
+            embs.append(np.asarray(out[0]).reshape(len(x[start : start + self.batch]), -1))
+            maps.append(np.asarray(out[1]))
+        return np.concatenate(maps).astype(np.float32), np.concatenate(embs).astype(np.float32)
+
+    def run(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(X (n, c, 16, 8), embedding (n, e)) for BGR uint8 crops."""
+        if not crops:
+            return (
+                np.zeros((0, self.channels, self.height // 16, self.width // 16), np.float32),
+                np.zeros((0, self.embedding_dim), np.float32),
+            )
+        return self.run_tensor(self.preprocess(crops))
+
+
+def default_threads() -> int:
+    """OpenVINO threads: $PGR_OV_THREADS, else 0 (OpenVINO's own choice)."""
+    return int(os.environ.get("PGR_OV_THREADS", "0"))
