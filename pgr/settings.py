@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -17,11 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pgr.models import require_model_file
+from pgr.paths import SHIPPED_WEIGHTS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
-# The project's own trained PGR weights, shipped inside the reid package (RESULTS.md: how they were trained).
-DEFAULT_PGR_CHECKPOINT = Path(str(files("reid") / "weights" / "pgr_mobilenetv2_market1501.pt"))
+# The project's own trained PGR weights (RESULTS.md: how they were trained).
+DEFAULT_PGR_CHECKPOINT = SHIPPED_WEIGHTS / "pgr_mobilenetv2_market1501.pt"
 
 
 class SettingsError(ValueError):

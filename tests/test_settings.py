@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pgr.cli import main
+from pgr.app.cli import main
 from pgr.models import ModelFileMissing
 from pgr.settings import SettingsError, load_settings
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pgr.images import BadImage
 from pgr.models import ModelFileMissing
+from pgr.paths import CONFIGS
 from pgr.settings import SettingsError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_EMBEDDED = REPO / "configs" / "embedded.yaml"
+DEFAULT_EMBEDDED = CONFIGS / "embedded.yaml"
 log = logging.getLogger("pgr")
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--config", default=str(DEFAULT_EMBEDDED))
 
-    bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/benchmark.py)")
+    bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/app/benchmark.py)")
     bench.add_argument("--config", default=str(DEFAULT_EMBEDDED))
     bench.add_argument("--out", help="also write the figures as JSON here")
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "search":
             return _search(args)
-        from pgr.benchmark import run_benchmark
+        from pgr.app.benchmark import run_benchmark
 
         return run_benchmark(args.config, args.out)
     except (SettingsError, ModelFileMissing, BadImage, ValueError) as exc:
@@ -103,8 +103,8 @@ def _stop_on_signals() -> threading.Event:
 
 def _run(args) -> int:
     stop = _stop_on_signals()  # first, so a SIGTERM during start-up is a clean stop too
+    from pgr.app.pipeline import build_transport, run_ingest_stage, run_matcher_stage, run_reid_stage
     from pgr.metrics import PipelineMetrics
-    from pgr.pipeline import build_transport, run_ingest_stage, run_matcher_stage, run_reid_stage
 
     settings = load_settings(args.config)
     if settings.transport.kind != "kafka":
@@ -128,8 +128,8 @@ def _demo(args) -> int:
     from matcher.index import DetectionIndex
     from matcher.search import longest_track_query, search_image
     from matcher.sheet import write_contact_sheet
+    from pgr.app.pipeline import build_extractor, run_embedded
     from pgr.metrics import PipelineMetrics, counter_total
-    from pgr.pipeline import build_extractor, run_embedded
 
     settings = load_settings(args.config)
     if settings.transport.kind != "inprocess":
@@ -194,7 +194,7 @@ def _search(args) -> int:
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
     from matcher.search import search_image
-    from pgr.pipeline import build_extractor
+    from pgr.app.pipeline import build_extractor
 
     settings = load_settings(args.config)
     if args.top < 1 or args.top > 1000:
