@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 from pgr.paths import SHIPPED_WEIGHTS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 from reid.extractor import IMAGENET_MEAN, IMAGENET_STD, load_ordered_state
 
 OUTPUT_STRIDE = 16

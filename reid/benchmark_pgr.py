@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pgr.models import require_model_file
-from reid.compact import bytes_per_detection
+from pgr.model_files import require_model_file
 from reid.extractor import CropFeatures
 from reid.pgr_extractor import PGRExtractor
+from reid.pixel_projection import bytes_per_detection
 from reid.retrieval import (
     GalleryFeatures,
     RetrievalParams,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid.compact import orthogonal_projection
 from reid.extractor import CropFeatures, crops_to_tensor, pick_device
 from reid.pgr_model import PGRConfig, PGRModel
+from reid.pixel_projection import orthogonal_projection
 
 
 class PGRExtractor:

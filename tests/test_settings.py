@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pgr.app.cli import main
-from pgr.models import ModelFileMissing
+from pgr.model_files import ModelFileMissing
 from pgr.settings import SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 from training.datasets import Sample, load_dataset
 from training.evaluate import evaluate_samples
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pgr.images import BadImage
-from pgr.models import ModelFileMissing
+from pgr.model_files import ModelFileMissing
 from pgr.paths import CONFIGS
 from pgr.settings import SettingsError, load_settings
 
@@ -124,10 +124,10 @@ def _run(args) -> int:
 def _demo(args) -> int:
     import shutil
 
+    from matcher.contact_sheet import write_contact_sheet
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
     from matcher.search import longest_track_query, search_image
-    from matcher.sheet import write_contact_sheet
     from pgr.app.pipeline import build_extractor, run_embedded
     from pgr.metrics import PipelineMetrics, counter_total
 
