@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pgr.messages import CropFeatures
 from pgr.model_files import require_model_file
-from reid.extractor import CropFeatures
 from reid.pgr_extractor import PGRExtractor
 from reid.pixel_projection import bytes_per_detection
 from reid.retrieval import (

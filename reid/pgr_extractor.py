@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid.extractor import CropFeatures, crops_to_tensor, pick_device
+from pgr.messages import CropFeatures
+from reid.extractor import crops_to_tensor, pick_device
 from reid.pgr_model import PGRConfig, PGRModel
 from reid.pixel_projection import orthogonal_projection
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
 from reid.similarity import PIXEL_EPS, s_ins, s_part, s_pixel
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
 from reid.retrieval import (
     GalleryFeatures,
     RetrievalParams,

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from pgr.files import write_atomically
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
 from reid.pgr_extractor import PGRExtractor
 from reid.retrieval import (
     GalleryFeatures,
