@@ -20,6 +20,7 @@ from pgr.paths import SHIPPED_WEIGHTS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
+PartScore = Literal["isp", "eq4"]  # the reading of Eq. 4 (s_part): ISP's, or as printed
 # The project's own trained PGR weights (RESULTS.md: how they were trained).
 DEFAULT_PGR_CHECKPOINT = SHIPPED_WEIGHTS / "pgr_mobilenetv2_market1501.pt"
 
@@ -97,6 +98,9 @@ class ReidSettings(_Strict):
 
 
 class MatcherSettings(_Strict):
+    """Index, stores and progressive retrieval (n1..part_score: the one place their defaults, the paper's, are
+    written; reid.retrieval.RetrievalParams takes them from here)."""
+
     milvus_uri: str
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
@@ -108,7 +112,7 @@ class MatcherSettings(_Strict):
     a1: float = Field(0.05, ge=0, le=1)
     n2: int = Field(30, ge=1, description="progressive retrieval: candidates re-ranked with pixels")
     a2: float = Field(0.8, ge=0, le=1)
-    part_score: Literal["isp", "eq4"] = Field(
+    part_score: PartScore = Field(
         "isp",
         description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )

@@ -155,13 +155,13 @@ def run(args: argparse.Namespace) -> dict:
     extract_s = time.perf_counter() - t0
     print("gallery foreground:", foreground_stats(gallery))
     rows: dict[str, dict] = {}
-    base = RetrievalParams(part_global=False)  # Eq. 4 as printed; each variant names its reading
+    base = RetrievalParams(part_score="eq4")  # Eq. 4 as printed; each variant names its reading
     variants = {
         "I": replace(base, n1=1, n2=1),  # stage 0 only: s_ins ranking (N1=N2=1 re-ranks nothing else)
         "I+P (Eq. 4 as printed)": replace(base, n2=1),
         "I+P+Px progressive (Eq. 4 as printed)": base,
-        "I+P (ISP reading)": replace(base, n2=1, part_global=True),
-        "I+P+Px progressive (ISP reading)": replace(base, part_global=True),
+        "I+P (ISP reading)": replace(base, n2=1, part_score="isp"),
+        "I+P+Px progressive (ISP reading)": replace(base, part_score="isp"),
     }
     curves: dict[str, np.ndarray] = {}
     results: dict[str, RetrievalResult] = {}
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
     # untimed warm-up, so one-off first-call costs stay out of the first reading's time. It does not remove
     # the run-to-run noise of the trivial ensemble's time on a small VM (up to 4x measured, RESULTS.md).
     trivial_ensemble(query.select([0]), gallery, base)
-    for reading, params in (("ISP reading", replace(base, part_global=True)), ("Eq. 4 as printed", base)):
+    for reading, params in (("ISP reading", replace(base, part_score="isp")), ("Eq. 4 as printed", base)):
         t = time.perf_counter()
         trivial = trivials[reading] = trivial_ensemble(sub, gallery, params)
         trivial_ms = 1000 * (time.perf_counter() - t) / n

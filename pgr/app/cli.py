@@ -86,14 +86,6 @@ def parse_time(value: str | None) -> float | None:
         raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
 
 
-def retrieval_params(settings):
-    """Progressive retrieval settings from the matcher config."""
-    from reid.retrieval import RetrievalParams
-
-    m = settings.matcher
-    return RetrievalParams(n1=m.n1, a1=m.a1, n2=m.n2, a2=m.a2, part_global=m.part_score == "isp")
-
-
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,6 +122,7 @@ def _demo(args) -> int:
     from matcher.search import longest_track_query, search_image
     from pgr.app.pipeline import build_extractor, run_embedded
     from pgr.metrics import PipelineMetrics, counter_total
+    from reid.retrieval import RetrievalParams
 
     settings = load_settings(args.config)
     if settings.transport.kind != "inprocess":
@@ -177,7 +170,7 @@ def _demo(args) -> int:
         Path(query.thumbnail),
         top_k=10,
         features=FeatureStore(m.feature_store_dir),
-        params=retrieval_params(settings),
+        params=RetrievalParams.from_settings(settings.matcher),
     )
     for rank, h in enumerate(hits, 1):
         same = "  <- same track" if (h.camera_id, h.track_id) == (cam, track) else ""
@@ -195,6 +188,7 @@ def _search(args) -> int:
     from matcher.index import DetectionIndex
     from matcher.search import search_image
     from pgr.app.pipeline import build_extractor
+    from reid.retrieval import RetrievalParams
 
     settings = load_settings(args.config)
     if args.top < 1 or args.top > 1000:
@@ -206,7 +200,7 @@ def _search(args) -> int:
             build_extractor(settings.reid),
             Path(args.image),
             features=FeatureStore(settings.matcher.feature_store_dir),
-            params=retrieval_params(settings),
+            params=RetrievalParams.from_settings(settings.matcher),
             top_k=args.top,
             camera=args.camera,
             since=parse_time(args.since),
