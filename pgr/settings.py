@@ -1,15 +1,20 @@
 """Settings: read once from YAML, validated at start, passed down as plain values.
 
-Strings may use ${VAR} or ${VAR:-default}. Relative paths are taken from the directory of the config
-file, so a config works from any working directory.
+One system for every config of the project (the pipeline's `Settings` here, training's `TrainConfig`):
+`read_config` reads a YAML file, expands ${VAR} and ${VAR:-default} in strings and, when the file says
+`base: other.yaml` (relative to the file), deep-merges it over that base, so an experiment file holds only
+what differs; `validate_config` checks it against a strict model (`StrictModel`: unknown keys are errors)
+and turns every mistake into one line that names the key. Relative paths of the pipeline config are taken
+from the directory of the file loaded, so a config works from any working directory.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import yaml
@@ -29,17 +34,22 @@ class SettingsError(ValueError):
     """The config cannot be used; the message says which key and why."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A settings section: unknown keys are errors, values are frozen once validated."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RetrySettings(_Strict):
+M = TypeVar("M", bound=BaseModel)
+
+
+class RetrySettings(StrictModel):
     initial_s: float = Field(1.0, gt=0)
     max_s: float = Field(30.0, gt=0)
     max_attempts: int | None = Field(None, ge=1, description="None: retry forever (live cameras)")
 
 
-class CameraSettings(_Strict):
+class CameraSettings(StrictModel):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     source: str = Field(
         min_length=1, description="video file, rtsp:// or http:// URL, webcam index, image folder"
@@ -61,7 +71,7 @@ class CameraSettings(_Strict):
         return v
 
 
-class IngestSettings(_Strict):
+class IngestSettings(StrictModel):
     detector_weights: Path
     tracker: str = "bytetrack.yaml"
     conf: float = Field(0.4, ge=0, le=1)
@@ -73,7 +83,7 @@ class IngestSettings(_Strict):
     retry: RetrySettings = RetrySettings()
 
 
-class ReidSettings(_Strict):
+class ReidSettings(StrictModel):
     model: Literal["pgr", "imagenet-gap"] = Field(
         "pgr", description="pgr: instance, part and pixel features; imagenet-gap: ImageNet pooling (baseline)"
     )
@@ -97,7 +107,7 @@ class ReidSettings(_Strict):
     input_width: int = Field(128, ge=16)
 
 
-class MatcherSettings(_Strict):
+class MatcherSettings(StrictModel):
     """Index, stores and progressive retrieval (n1..part_score: the one place their defaults, the paper's, are
     written; reid.retrieval.RetrievalParams takes them from here)."""
 
@@ -134,13 +144,13 @@ class MatcherSettings(_Strict):
         return v
 
 
-class TopicSettings(_Strict):
+class TopicSettings(StrictModel):
     crops: str = "pgr.crops"
     features: str = "pgr.features"
     dead_letter: str = "pgr.deadletter"
 
 
-class TransportSettings(_Strict):
+class TransportSettings(StrictModel):
     kind: Literal["inprocess", "kafka"] = "inprocess"
     bootstrap: str | None = None
     group_prefix: str = "pgr"
@@ -168,12 +178,12 @@ class TransportSettings(_Strict):
         return self
 
 
-class MetricsSettings(_Strict):
+class MetricsSettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535, description="0 picks a free port")
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     transport: TransportSettings = TransportSettings()
     topics: TopicSettings = TopicSettings()
     cameras: list[CameraSettings] = Field(default_factory=list)
@@ -193,15 +203,7 @@ class Settings(_Strict):
 def load_settings(path: str | Path, overrides: dict | None = None, check_models: bool = True) -> Settings:
     """Read, expand and validate a YAML config; raise SettingsError with a readable message."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise SettingsError(f"config file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: the top level must be a mapping")
-    raw = _deep_merge(_expand_env(raw), overrides or {})
+    raw = deep_merge(read_config(path), overrides or {})
     base = path.resolve().parent
     for section, key in [
         ("ingest", "detector_weights"),
@@ -221,13 +223,7 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
             src = cam["source"]
             if "://" not in src and not src.isdigit():
                 cam["source"] = str(_rel(base, src))
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise SettingsError(f"{path}: {problems}") from None
+    settings = validate_config(Settings, raw, str(path))
     if check_models:
         require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
         if settings.reid.weights is not None:
@@ -235,6 +231,57 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
         if settings.reid.checkpoint is not None:
             require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
     return settings
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A YAML config as a dict: ${VAR} expanded, merged over its `base:` file (and that over its own)."""
+    path = Path(path)
+    seen: list[Path] = []
+    raw = _read_one(path)
+    while isinstance(raw.get("base"), str):
+        seen.append(path.resolve())
+        base = path.parent / raw.pop("base")
+        if base.resolve() in seen:
+            raise SettingsError(f"{path}: base: {base} is already in the chain {[str(p) for p in seen]}")
+        if not base.is_file():
+            raise SettingsError(f"{path}: base: config file not found: {base}")
+        raw, path = deep_merge(_read_one(base), raw), base
+    if "base" in raw:
+        raise SettingsError(f"{path}: base: must be a file name, got {raw['base']!r}")
+    return raw
+
+
+def validate_config(model: type[M], raw: Mapping[str, Any], source: str) -> M:
+    """`raw` as a `model`; SettingsError with one line naming every wrong key (source: where it came from)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"{source}: {problems}") from None
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over` on top; mappings present in both are merged key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _read_one(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping")
+    return _expand_env(raw)
 
 
 def _rel(base: Path, p: str) -> Path:
@@ -250,10 +297,3 @@ def _expand_env(v):
     if isinstance(v, list):
         return [_expand_env(x) for x in v]
     return v
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
