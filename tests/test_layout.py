@@ -58,3 +58,23 @@ def test_importing_every_contract_loads_no_stage() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_class_is_imported_from_the_module_that_defines_it() -> None:
+    """One import path per type: no class reaches a module through another one that imports it."""
+    files = sorted(p for top in ("pgr", *STAGES, "tests") for p in (REPO / top).rglob("*.py"))
+    defined: dict[str, set[str]] = {}
+    for path in files:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                defined.setdefault(node.name, set()).add(module)
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for alias in node.names:
+                    homes = defined.get(alias.name, set())
+                    if homes and node.module.split(".")[0] in ("pgr", *STAGES) and node.module not in homes:
+                        bad.append(f"{path.relative_to(REPO)}: {alias.name} from {node.module}, not {homes}")
+    assert not bad, "\n".join(bad)
