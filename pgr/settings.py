@@ -5,14 +5,14 @@ One system for every config of the project (the pipeline's `Settings` here, trai
 `base: other.yaml` (relative to the file), deep-merges it over that base, so an experiment file holds only
 what differs; `validate_config` checks it against a strict model (`StrictModel`: unknown keys are errors)
 and turns every mistake into one line that names the key. Relative paths of the pipeline config are taken
-from the directory of the file loaded, so a config works from any working directory.
+from the directory of the file that writes them, so a config works from any working directory.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlparse
@@ -41,6 +41,7 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+FilePaths = Callable[[dict[str, Any], Path], dict[str, Any]]  # (a file's config, its folder) -> config
 
 
 class RetrySettings(StrictModel):
@@ -203,8 +204,21 @@ class Settings(StrictModel):
 def load_settings(path: str | Path, overrides: dict | None = None, check_models: bool = True) -> Settings:
     """Read, expand and validate a YAML config; raise SettingsError with a readable message."""
     path = Path(path)
-    raw = deep_merge(read_config(path), overrides or {})
-    base = path.resolve().parent
+    raw = read_config(path, _pipeline_paths)
+    # overrides name paths as the top file would
+    raw = _pipeline_paths(deep_merge(raw, overrides or {}), path.resolve().parent)
+    settings = validate_config(Settings, raw, str(path))
+    if check_models:
+        require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
+        if settings.reid.weights is not None:
+            require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
+        if settings.reid.checkpoint is not None:
+            require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
+    return settings
+
+
+def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The relative file paths of a pipeline config made absolute from `base`, its file's directory."""
     for section, key in [
         ("ingest", "detector_weights"),
         ("reid", "weights"),
@@ -223,21 +237,18 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
             src = cam["source"]
             if "://" not in src and not src.isdigit():
                 cam["source"] = str(_rel(base, src))
-    settings = validate_config(Settings, raw, str(path))
-    if check_models:
-        require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
-        if settings.reid.weights is not None:
-            require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
-        if settings.reid.checkpoint is not None:
-            require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
-    return settings
+    return raw
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A YAML config as a dict: ${VAR} expanded, merged over its `base:` file (and that over its own)."""
+def read_config(path: str | Path, file_paths: FilePaths | None = None) -> dict[str, Any]:
+    """A YAML config as a dict: ${VAR} expanded, merged over its `base:` file (and that over its own).
+
+    `file_paths(raw, folder)`, when given, makes each file's relative paths absolute from its own folder
+    before the files are merged.
+    """
     path = Path(path)
     seen: list[Path] = []
-    raw = _read_one(path)
+    raw = _read_one(path, file_paths)
     while isinstance(raw.get("base"), str):
         seen.append(path.resolve())
         base = path.parent / raw.pop("base")
@@ -245,7 +256,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
             raise SettingsError(f"{path}: base: {base} is already in the chain {[str(p) for p in seen]}")
         if not base.is_file():
             raise SettingsError(f"{path}: base: config file not found: {base}")
-        raw, path = deep_merge(_read_one(base), raw), base
+        raw, path = deep_merge(_read_one(base, file_paths), raw), base
     if "base" in raw:
         raise SettingsError(f"{path}: base: must be a file name, got {raw['base']!r}")
     return raw
@@ -270,7 +281,9 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _read_one(path: Path) -> dict[str, Any]:
+def _read_one(
+    path: Path, file_paths: Callable[[dict[str, Any], Path], dict[str, Any]] | None
+) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
@@ -281,7 +294,8 @@ def _read_one(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: the top level must be a mapping")
-    return _expand_env(raw)
+    raw = _expand_env(raw)
+    return raw if file_paths is None else file_paths(raw, path.resolve().parent)
 
 
 def _rel(base: Path, p: str) -> Path:

@@ -84,3 +84,13 @@ def test_deep_merge_merges_mappings_and_replaces_the_rest():
     base = {"a": {"x": 1, "y": [1, 2]}, "b": 1}
     assert deep_merge(base, {"a": {"y": [3]}, "c": 2}) == {"a": {"x": 1, "y": [3]}, "b": 1, "c": 2}
     assert base == {"a": {"x": 1, "y": [1, 2]}, "b": 1}
+
+
+def test_relative_paths_are_taken_from_the_file_that_writes_them(write_config, tmp_path):
+    base = write_config(matcher={"thumbnails_dir": "thumbs", "milvus_uri": "index.db"})
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text(f"base: ../{base.name}\nmatcher:\n  features_dir: features\n")
+    m = load_settings(child).matcher
+    assert m.thumbnails_dir == tmp_path / "thumbs" and m.milvus_uri == str(tmp_path / "index.db")
+    assert m.features_dir == tmp_path / "sub" / "features"
