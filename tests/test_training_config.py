@@ -64,3 +64,12 @@ def test_an_experiment_holds_only_what_differs(tmp_path: Path):
     (tmp_path / "exp" / "more.yaml").write_text("base: ../base.yaml\noptim: {lr: 5.0e-4}\nseed: 2\n")
     cfg = load_config(tmp_path / "exp" / "more.yaml", check_files=False)
     assert (cfg.epochs, cfg.optim.lr, cfg.optim.warmup_epochs, cfg.seed) == (10, 5e-4, 1, 2)
+
+
+def test_the_training_command_reports_config_errors_in_one_line(tmp_path: Path, capsys):
+    from training.train import main
+
+    (tmp_path / "exp.yaml").write_text(f"base: {CONFIGS / 'train_cpu.yaml'}\nloss: {{w_idd: 1}}\n")
+    assert main(["--config", str(tmp_path / "exp.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "loss.w_idd: Extra inputs are not permitted" in err

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ import numpy as np
 import torch
 
 from pgr.files import write_atomically
+from pgr.model_files import ModelFileMissing
+from pgr.settings import SettingsError
 from reid.extractor import pick_device
 from reid.pgr_model import PGRModel
 from training.build import TrainingParts, build_training
@@ -135,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
     args = ap.parse_args(argv)
-    summary = train(args.config, resume=args.resume)
+    try:
+        summary = train(args.config, resume=args.resume)
+    except (SettingsError, ModelFileMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"best_mAP": summary["best_mAP"], "output_dir": summary["output_dir"]}))
     return 0
 
