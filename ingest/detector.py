@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pgr.models import quiet_ultralytics, require_model_file
+from pgr.model_files import quiet_ultralytics, require_model_file
 
 PERSON_CLASS = 0
 

@@ -8,10 +8,10 @@ import time
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex, IndexRow
 from matcher.thumbnails import ThumbnailStore
+from pgr.consume_loop import dead_letter
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
-from pgr.worker import dead_letter
 
 log = logging.getLogger(__name__)
 STAGE = "matcher"

@@ -1,35 +1,36 @@
 """Settings: read once from YAML, validated at start, passed down as plain values.
 
-Strings may use ${VAR} or ${VAR:-default}. Relative paths are taken from the directory of the config
-file, so a config works from any working directory.
+One system for every config of the project (the pipeline's `Settings` here, training's `TrainConfig`):
+`read_config` reads a YAML file, expands ${VAR} and ${VAR:-default} in strings and, when the file says
+`base: other.yaml` (relative to the file), deep-merges it over that base, so an experiment file holds only
+what differs; `validate_config` checks it against a strict model (`StrictModel`: unknown keys are errors)
+and turns every mistake into one line that names the key. Relative paths of the pipeline config are taken
+from the directory of the file that writes them, so a config works from any working directory.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from importlib.resources import files
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
+from pgr.paths import SHIPPED_WEIGHTS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
-# The project's own trained PGR weights, shipped inside the reid package (RESULTS.md: how they were trained).
-DEFAULT_PGR_CHECKPOINT = Path(str(files("reid") / "weights" / "pgr_mobilenetv2_market1501.pt"))
+PartScore = Literal["isp", "eq4"]  # the reading of Eq. 4 (s_part): ISP's, or as printed
+# The project's own trained PGR weights (RESULTS.md: how they were trained).
+DEFAULT_PGR_CHECKPOINT = SHIPPED_WEIGHTS / "pgr_mobilenetv2_market1501.pt"
 # Intel's person-reidentification-retail-0277 IR (Apache-2.0), shipped beside them.
-DEFAULT_OPENVINO_REID = Path(
-    str(
-        files("reid")
-        / "weights"
-        / "person-reidentification-retail-0277"
-        / "person-reidentification-retail-0277.xml"
-    )
+DEFAULT_OPENVINO_REID = (
+    SHIPPED_WEIGHTS / "person-reidentification-retail-0277" / "person-reidentification-retail-0277.xml"
 )
 
 
@@ -37,17 +38,23 @@ class SettingsError(ValueError):
     """The config cannot be used; the message says which key and why."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A settings section: unknown keys are errors, values are frozen once validated."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RetrySettings(_Strict):
+M = TypeVar("M", bound=BaseModel)
+FilePaths = Callable[[dict[str, Any], Path], dict[str, Any]]  # (a file's config, its folder) -> config
+
+
+class RetrySettings(StrictModel):
     initial_s: float = Field(1.0, gt=0)
     max_s: float = Field(30.0, gt=0)
     max_attempts: int | None = Field(None, ge=1, description="None: retry forever (live cameras)")
 
 
-class CameraSettings(_Strict):
+class CameraSettings(StrictModel):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     source: str = Field(
         min_length=1, description="video file, rtsp:// or http:// URL, webcam index, image folder"
@@ -69,7 +76,7 @@ class CameraSettings(_Strict):
         return v
 
 
-class IngestSettings(_Strict):
+class IngestSettings(StrictModel):
     detector_weights: Path
     tracker: str = "bytetrack.yaml"
     conf: float = Field(0.4, ge=0, le=1)
@@ -81,7 +88,7 @@ class IngestSettings(_Strict):
     retry: RetrySettings = RetrySettings()
 
 
-class ReidSettings(_Strict):
+class ReidSettings(StrictModel):
     model: Literal["pgr", "imagenet-gap"] = Field(
         "pgr", description="pgr: instance, part and pixel features; imagenet-gap: ImageNet pooling (baseline)"
     )
@@ -105,7 +112,10 @@ class ReidSettings(_Strict):
     input_width: int = Field(128, ge=16)
 
 
-class MatcherSettings(_Strict):
+class MatcherSettings(StrictModel):
+    """Index, stores and progressive retrieval (n1..part_score: the one place their defaults, the paper's, are
+    written; reid.retrieval.RetrievalParams takes them from here)."""
+
     milvus_uri: str
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
@@ -117,7 +127,7 @@ class MatcherSettings(_Strict):
     a1: float = Field(0.05, ge=0, le=1)
     n2: int = Field(30, ge=1, description="progressive retrieval: candidates re-ranked with pixels")
     a2: float = Field(0.8, ge=0, le=1)
-    part_score: Literal["isp", "eq4"] = Field(
+    part_score: PartScore = Field(
         "isp",
         description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )
@@ -139,13 +149,13 @@ class MatcherSettings(_Strict):
         return v
 
 
-class TopicSettings(_Strict):
+class TopicSettings(StrictModel):
     crops: str = "pgr.crops"
     features: str = "pgr.features"
     dead_letter: str = "pgr.deadletter"
 
 
-class TransportSettings(_Strict):
+class TransportSettings(StrictModel):
     kind: Literal["inprocess", "kafka"] = "inprocess"
     bootstrap: str | None = None
     group_prefix: str = "pgr"
@@ -173,12 +183,12 @@ class TransportSettings(_Strict):
         return self
 
 
-class MetricsSettings(_Strict):
+class MetricsSettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535, description="0 picks a free port")
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     transport: TransportSettings = TransportSettings()
     topics: TopicSettings = TopicSettings()
     cameras: list[CameraSettings] = Field(default_factory=list)
@@ -198,16 +208,21 @@ class Settings(_Strict):
 def load_settings(path: str | Path, overrides: dict | None = None, check_models: bool = True) -> Settings:
     """Read, expand and validate a YAML config; raise SettingsError with a readable message."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise SettingsError(f"config file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: the top level must be a mapping")
-    raw = _deep_merge(_expand_env(raw), overrides or {})
-    base = path.resolve().parent
+    raw = read_config(path, _pipeline_paths)
+    # overrides name paths as the top file would
+    raw = _pipeline_paths(deep_merge(raw, overrides or {}), path.resolve().parent)
+    settings = validate_config(Settings, raw, str(path))
+    if check_models:
+        require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
+        if settings.reid.weights is not None:
+            require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
+        if settings.reid.checkpoint is not None:
+            require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
+    return settings
+
+
+def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The relative file paths of a pipeline config made absolute from `base`, its file's directory."""
     for section, key in [
         ("ingest", "detector_weights"),
         ("reid", "weights"),
@@ -226,20 +241,65 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
             src = cam["source"]
             if "://" not in src and not src.isdigit():
                 cam["source"] = str(_rel(base, src))
+    return raw
+
+
+def read_config(path: str | Path, file_paths: FilePaths | None = None) -> dict[str, Any]:
+    """A YAML config as a dict: ${VAR} expanded, merged over its `base:` file (and that over its own).
+
+    `file_paths(raw, folder)`, when given, makes each file's relative paths absolute from its own folder
+    before the files are merged.
+    """
+    path = Path(path)
+    seen: list[Path] = []
+    raw = _read_one(path, file_paths)
+    while isinstance(raw.get("base"), str):
+        seen.append(path.resolve())
+        base = path.parent / raw.pop("base")
+        if base.resolve() in seen:
+            raise SettingsError(f"{path}: base: {base} is already in the chain {[str(p) for p in seen]}")
+        if not base.is_file():
+            raise SettingsError(f"{path}: base: config file not found: {base}")
+        raw, path = deep_merge(_read_one(base, file_paths), raw), base
+    if "base" in raw:
+        raise SettingsError(f"{path}: base: must be a file name, got {raw['base']!r}")
+    return raw
+
+
+def validate_config(model: type[M], raw: Mapping[str, Any], source: str) -> M:
+    """`raw` as a `model`; SettingsError with one line naming every wrong key (source: where it came from)."""
     try:
-        settings = Settings.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
         )
-        raise SettingsError(f"{path}: {problems}") from None
-    if check_models:
-        require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
-        if settings.reid.weights is not None:
-            require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
-        if settings.reid.checkpoint is not None:
-            require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
-    return settings
+        raise SettingsError(f"{source}: {problems}") from None
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over` on top; mappings present in both are merged key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _read_one(
+    path: Path, file_paths: Callable[[dict[str, Any], Path], dict[str, Any]] | None
+) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping")
+    raw = _expand_env(raw)
+    return raw if file_paths is None else file_paths(raw, path.resolve().parent)
 
 
 def _rel(base: Path, p: str) -> Path:
@@ -255,10 +315,3 @@ def _expand_env(v):
     if isinstance(v, list):
         return [_expand_env(x) for x in v]
     return v
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 from reid.extractor import IMAGENET_MEAN, IMAGENET_STD, load_ordered_state
 from reid.osnet import OSNet, load_torchreid_state
 
@@ -194,7 +194,7 @@ BACKBONES: dict[str, Callable[[Path | None], tuple[nn.Module, int]]] = {
 def build_backbone(name: str, weights: Path | None) -> tuple[nn.Module, int]:
     """The named backbone (output stride 16) and its channel count; `weights` None means random init.
 
-    Raises `pgr.models.ModelFileMissing` naming the path when `weights` does not exist.
+    Raises `pgr.model_files.ModelFileMissing` naming the path when `weights` does not exist.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")

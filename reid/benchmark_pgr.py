@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pgr.models import require_model_file
-from reid.compact import bytes_per_detection
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
+from pgr.model_files import require_model_file
+from pgr.paths import assets_dir
 from reid.pgr_extractor import PGRExtractor
+from reid.pixel_projection import bytes_per_detection
 from reid.retrieval import (
     GalleryFeatures,
     RetrievalParams,
@@ -36,7 +36,6 @@ from reid.retrieval import (
 )
 from reid.similarity import s_ins, s_part, s_pixel
 
-DEFAULT_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 WEIGHT_FILES = {
     "mobilenetv2": "mobilenetv2_imagenet_features.pt",
     "efficientnet_lite0": "efficientnet_lite0_imagenet.pth",
@@ -202,7 +201,7 @@ def bench_bytes(full: list[CropFeatures], small: list[CropFeatures], pixel_dim: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Benchmark PGR similarities and progressive retrieval.")
-    ap.add_argument("--assets", type=Path, default=Path(os.environ.get("PGR_ASSETS", DEFAULT_ASSETS)))
+    ap.add_argument("--assets", type=Path, default=assets_dir())
     ap.add_argument(
         "--backbone", default="mobilenetv2", choices=["mobilenetv2", "efficientnet_lite0", "resnet50"]
     )

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 from pgr.messages import CropFeatures
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 
 MAP_OUTPUT_0277 = "1126"
 

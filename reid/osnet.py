@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 
 
 class ConvLayer(nn.Module):

@@ -17,15 +17,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid.compact import orthogonal_projection
-from reid.extractor import CropFeatures, crops_to_tensor, pick_device
+from pgr.messages import CropFeatures
+from reid.extractor import crops_to_tensor, pick_device
 from reid.pgr_model import PGRConfig, PGRModel
+from reid.pixel_projection import orthogonal_projection
 
 
 class PGRExtractor:
     """PGR features per crop: L2-normalised instance (float32) and parts (`part_dtype`), part visibility,
     and the foreground pixel vectors (L2-normalised, optionally projected to `pixel_dim` by a fixed
     orthogonal projection, stored as `pixel_dtype`) with their int16 (row, col) feature-map cells.
+
+    The model is a checkpoint's, or a given `PGRModel` (e.g. one being trained: the extractor sets it to
+    eval mode, moves it to `device` and to channels-last, so pass a copy to keep training it unchanged),
+    or an untrained part classifier on the backbone's ImageNet `weights`.
     """
 
     def __init__(
@@ -42,11 +47,18 @@ class PGRExtractor:
         reduce_dim: int | None = None,
         batch_size: int = 64,
         projection_seed: int = 0,
+        model: PGRModel | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.input_size = input_size
         self.pixel_dtype, self.part_dtype, self.batch_size = pixel_dtype, part_dtype, batch_size
-        if checkpoint is not None:
+        given = model is not None
+        if model is not None:
+            if checkpoint is not None or weights is not None:
+                raise ValueError("give a model, a checkpoint or backbone weights, not more than one")
+            if model.config.backbone != backbone:
+                raise ValueError(f"the model's backbone is {model.config.backbone!r}, not {backbone!r}")
+        elif checkpoint is not None:
             model = PGRModel.load(checkpoint)
             if backbone is not None and model.config.backbone != backbone:
                 raise ValueError(
@@ -61,6 +73,8 @@ class PGRExtractor:
         if pixel_dim is not None and pixel_dim < model.dim:
             self.projection = orthogonal_projection(model.dim, pixel_dim, projection_seed).to(self.device)
         trained = "-untrained" if checkpoint is None else f"-{Path(checkpoint).stem}"
+        if given:
+            trained = "-in-memory"
         px = "" if self.projection is None else f"-px{pixel_dim}s{projection_seed}"
         self.name = f"pgr-{model.config.backbone}{trained}{px}"
 

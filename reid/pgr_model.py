@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
 from reid.backbones import build_backbone
 
 CHECKPOINT_FORMAT = "pgr-v1"

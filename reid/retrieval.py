@@ -18,7 +18,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
+from pgr.settings import MatcherSettings, PartScore
 from reid.similarity import PIXEL_EPS, s_ins, s_part, s_pixel
 
 
@@ -104,19 +105,28 @@ class GalleryFeatures:
         return GalleryFeatures(**tensors, ids=self.ids)
 
 
+_MATCHER = MatcherSettings.model_fields
+
+
 @dataclass(frozen=True)
 class RetrievalParams:
-    """Progressive retrieval settings; defaults are the paper's (N1, a1, N2, a2, eps)."""
+    """Progressive retrieval settings, named as `matcher.*` in the config and defaulting to those settings'
+    defaults (the paper's N1, a1, N2, a2; eps is the paper's too)."""
 
-    n1: int = 1000
-    a1: float = 0.05
-    n2: int = 30
-    a2: float = 0.8
+    n1: int = _MATCHER["n1"].default
+    a1: float = _MATCHER["a1"].default
+    n2: int = _MATCHER["n2"].default
+    a2: float = _MATCHER["a2"].default
     eps: float = PIXEL_EPS  # s_pixel cycle radius, feature cells
-    # True: the ISP reading of Eq. 4, s_part = (s_ins + sum_k v s_k) / (1 + sum_k v); False: Eq. 4 as printed
+    # isp: the ISP reading of Eq. 4, s_part = (s_ins + sum_k v s_k) / (1 + sum_k v); eq4: Eq. 4 as printed
     # (no global term). The ISP reading is the default: on Market-1501 it keeps the part stage near the
     # instance ranking where the printed form drops it far below (RESULTS.md, "Eq. 4: two readings").
-    part_global: bool = True
+    part_score: PartScore = _MATCHER["part_score"].default
+
+    @classmethod
+    def from_settings(cls, matcher: MatcherSettings) -> RetrievalParams:
+        """The retrieval settings of a validated matcher config."""
+        return cls(matcher.n1, matcher.a1, matcher.n2, matcher.a2, part_score=matcher.part_score)
 
 
 @dataclass
@@ -171,7 +181,7 @@ def progressive_retrieval(
         gallery.parts,
         gallery.visibility,
         index=cand,
-        global_sim=ins1 if params.part_global else None,
+        global_sim=ins1 if params.part_score == "isp" else None,
     )
     s1 = stage1_score(ins1, part1, params.a1)
     o1 = _sort(s1)
@@ -213,7 +223,7 @@ def trivial_ensemble(
         query.visibility,
         gallery.parts,
         gallery.visibility,
-        global_sim=sim_ins if params.part_global else None,
+        global_sim=sim_ins if params.part_score == "isp" else None,
     )
     sim_pixel = s_pixel(
         query.pixels, query.pixel_coords, query.pixel_mask, gallery.pixels, gallery.pixel_mask, eps=params.eps

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
+from pgr.consume_loop import dead_letter
 from pgr.images import BadImage, decode_image
 from pgr.messages import CropRecord, FeatureRecord, MalformedRecord, decode_crop, encode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
-from pgr.worker import dead_letter
 from reid.extractor import FeatureExtractor
 
 log = logging.getLogger(__name__)

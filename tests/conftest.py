@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from pgr.paths import REPO
+from pgr.paths import assets_dir as _assets_dir
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / "var" / "ultralytics"))
 
@@ -23,7 +25,7 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / "var" / "ultralytics"))
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
     """../shared/assets beside the checkout, or $PGR_ASSETS."""
-    path = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
+    path = _assets_dir()
     if not (path / "weights").is_dir():
         pytest.fail(f"assets not found at {path}: set PGR_ASSETS to the shared assets folder")
     return path

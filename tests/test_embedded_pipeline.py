@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from matcher.index import DetectionIndex
 from matcher.search import longest_track_query, search_image
+from pgr.app.pipeline import build_extractor, run_embedded
 from pgr.metrics import PipelineMetrics
-from pgr.pipeline import build_extractor, run_embedded
 from pgr.settings import load_settings
 
 

@@ -20,8 +20,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from matcher.index import DetectionIndex
 from matcher.search import search_image
+from pgr.app.pipeline import build_extractor
 from pgr.messages import decode_crop, encode_crop
-from pgr.pipeline import build_extractor
 from pgr.settings import load_settings
 from tests.conftest import free_port
 from tests.test_embedded_pipeline import assert_own_track_first, own_track_query, scrape
@@ -44,7 +44,7 @@ class Service:
         }
         self.log = log_dir / f"{stage}-{group}-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgr.cli", "run", stage, "--config", str(config)],
+            [sys.executable, "-m", "pgr.app.cli", "run", stage, "--config", str(config)],
             env=env,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgr.models import ModelFileMissing
+from pgr.model_files import ModelFileMissing
 from reid.backbones import build_backbone
 from reid.extractor import crops_to_tensor
 from reid.pgr_extractor import PGRExtractor

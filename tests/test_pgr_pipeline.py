@@ -13,8 +13,8 @@ import torch
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
 from matcher.search import search_image
+from pgr.app.pipeline import build_extractor, run_embedded
 from pgr.metrics import PipelineMetrics
-from pgr.pipeline import build_extractor, run_embedded
 from pgr.settings import load_settings
 from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
 

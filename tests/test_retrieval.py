@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
 from reid.retrieval import (
     GalleryFeatures,
     RetrievalParams,
@@ -64,10 +64,10 @@ def test_from_crop_features_pads(data):
         GalleryFeatures.from_crop_features([CropFeatures(instance=np.zeros(D, np.float32))])
 
 
-@pytest.mark.parametrize("part_global", [False, True])
-def test_progressive_equals_trivial_when_n1_n2_cover_the_gallery(data, part_global: bool):
+@pytest.mark.parametrize("part_score", ["eq4", "isp"])
+def test_progressive_equals_trivial_when_n1_n2_cover_the_gallery(data, part_score: str):
     query, gallery = data
-    params = RetrievalParams(n1=len(gallery), n2=len(gallery), part_global=part_global)
+    params = RetrievalParams(n1=len(gallery), n2=len(gallery), part_score=part_score)
     prog, triv = progressive_retrieval(query, gallery, params), trivial_ensemble(query, gallery, params)
     assert torch.equal(prog.indices, triv.indices)
     torch.testing.assert_close(prog.score, triv.score, atol=1e-6, rtol=0)

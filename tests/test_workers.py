@@ -13,11 +13,11 @@ from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
+from pgr.consume_loop import consume_loop
 from pgr.messages import CropRecord, Detection, decode_feature, encode_crop
 from pgr.metrics import PipelineMetrics
 from pgr.settings import load_settings
 from pgr.transport import InProcessBus
-from pgr.worker import consume_loop
 from reid.extractor import ImageNetMobileNetV2Extractor
 from reid.service import ReidWorker
 

@@ -30,8 +30,10 @@ import torch
 from tqdm import tqdm
 
 from pgr.files import write_atomically
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
+from pgr.paths import REPO, asset_weights_dir
 from reid.pgr_extractor import PGRExtractor
+from reid.pgr_model import PGRModel
 from reid.retrieval import (
     GalleryFeatures,
     RetrievalParams,
@@ -39,11 +41,8 @@ from reid.retrieval import (
     progressive_retrieval,
     trivial_ensemble,
 )
-from training.datasets import Sample, load_dataset
+from training.datasets import ReidDataset, Sample, load_dataset
 from training.evaluate import RankResult, evaluate_samples
-
-REPO = Path(__file__).resolve().parents[1]
-ASSETS = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
 
 
 def _cache_key(extractor: PGRExtractor, checkpoint: Path | None, samples: list[Sample]) -> str:
@@ -96,6 +95,36 @@ def evaluate_result(result: RetrievalResult, query: list[Sample], gallery: list[
     return evaluate_samples(rank_positions(result.indices), query, gallery)
 
 
+def evaluate_in_memory(
+    model: PGRModel,
+    ds: ReidDataset,
+    input_size: tuple[int, int],
+    device: torch.device,
+    batch: int = 64,
+    queries: int = 0,
+    pixel_dim: int | None = 64,
+) -> dict[str, float]:
+    """R1 / mAP of the instance ranking (I_*) and of progressive retrieval (PGR_*) for a model in memory,
+    on the first `queries` queries (0: all); the extractor puts `model` in eval mode on `device`."""
+    extractor = PGRExtractor(
+        model.config.backbone,
+        model=model,
+        device=str(device),
+        input_size=input_size,
+        pixel_dim=pixel_dim,
+        batch_size=batch,
+    )
+    query_samples = ds.query[:queries] if queries else ds.query
+    gallery = extract(extractor, ds.gallery, batch, "gallery")
+    query = extract(extractor, query_samples, batch, "query")
+    base = RetrievalParams()
+    metrics: dict[str, float] = {}
+    for name, params in (("I", replace(base, n1=1, n2=1)), ("PGR", base)):
+        r = evaluate_result(progressive_retrieval(query, gallery, params), query_samples, ds.gallery)
+        metrics[f"{name}_R1"], metrics[f"{name}_mAP"] = r.rank(1), r.mAP
+    return metrics
+
+
 def foreground_stats(feats: GalleryFeatures) -> dict:
     """How much of each crop psi calls foreground: cells per crop, crops with none, and how often each part
     is visible (some cell labelled with it), over a feature set."""
@@ -144,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     query_samples = ds.query[: args.queries] if args.queries else ds.query
     extractor = PGRExtractor(
         "mobilenetv2",
-        ASSETS / "weights" / "mobilenetv2_imagenet_features.pt",
+        asset_weights_dir() / "mobilenetv2_imagenet_features.pt",
         args.checkpoint,
         device=args.device,
         pixel_dim=args.pixel_dim,
@@ -155,13 +184,13 @@ def run(args: argparse.Namespace) -> dict:
     extract_s = time.perf_counter() - t0
     print("gallery foreground:", foreground_stats(gallery))
     rows: dict[str, dict] = {}
-    base = RetrievalParams(part_global=False)  # Eq. 4 as printed; each variant names its reading
+    base = RetrievalParams(part_score="eq4")  # Eq. 4 as printed; each variant names its reading
     variants = {
         "I": replace(base, n1=1, n2=1),  # stage 0 only: s_ins ranking (N1=N2=1 re-ranks nothing else)
         "I+P (Eq. 4 as printed)": replace(base, n2=1),
         "I+P+Px progressive (Eq. 4 as printed)": base,
-        "I+P (ISP reading)": replace(base, n2=1, part_global=True),
-        "I+P+Px progressive (ISP reading)": replace(base, part_global=True),
+        "I+P (ISP reading)": replace(base, n2=1, part_score="isp"),
+        "I+P+Px progressive (ISP reading)": replace(base, part_score="isp"),
     }
     curves: dict[str, np.ndarray] = {}
     results: dict[str, RetrievalResult] = {}
@@ -180,7 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     # untimed warm-up, so one-off first-call costs stay out of the first reading's time. It does not remove
     # the run-to-run noise of the trivial ensemble's time on a small VM (up to 4x measured, RESULTS.md).
     trivial_ensemble(query.select([0]), gallery, base)
-    for reading, params in (("ISP reading", replace(base, part_global=True)), ("Eq. 4 as printed", base)):
+    for reading, params in (("ISP reading", replace(base, part_score="isp")), ("Eq. 4 as printed", base)):
         t = time.perf_counter()
         trivial = trivials[reading] = trivial_ensemble(sub, gallery, params)
         trivial_ms = 1000 * (time.perf_counter() - t) / n

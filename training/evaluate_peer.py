@@ -18,15 +18,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pgr.models import require_model_file
+from pgr.model_files import require_model_file
+from pgr.paths import REPO, asset_weights_dir
 from training.datasets import Sample, load_dataset
 from training.evaluate import evaluate_samples
 
-REPO = Path(__file__).resolve().parents[1]
-ASSETS = Path(os.environ.get("PGR_ASSETS", REPO.parent / "shared" / "assets"))
-DEFAULT_MODEL = (
-    ASSETS / "weights" / "person-reidentification-retail-0277" / "person-reidentification-retail-0277.xml"
-)
+PEER = "person-reidentification-retail-0277"
 
 
 class OpenVinoReid:
@@ -68,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.evaluate_peer", description=__doc__)
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("--dataset", default="market1501")
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--model", type=Path, default=asset_weights_dir() / PEER / f"{PEER}.xml")
     ap.add_argument("--queries", type=int, default=0, help="evaluate only the first N queries (0: all)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)

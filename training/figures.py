@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from reid.extractor import CropFeatures  # noqa: E402
+from pgr.messages import CropFeatures  # noqa: E402
 from reid.similarity import PIXEL_EPS, pixel_matches  # noqa: E402
 
 # Background transparent, parts 1..5 top to bottom: red, orange, yellow, green, blue (more cycle).

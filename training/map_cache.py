@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pgr.paths import REPO
+from pgr.settings import DEFAULT_OPENVINO_REID
 from reid.openvino_backbone import OpenVinoBackbone
 from training.datasets import load_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -113,8 +113,6 @@ def dataset_images(data: Path, dataset: str) -> dict[str, list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pgr.settings import DEFAULT_OPENVINO_REID
-
     ap = argparse.ArgumentParser(prog="python -m training.map_cache", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("--dataset", required=True)

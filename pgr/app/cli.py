@@ -13,11 +13,11 @@ from datetime import datetime
 from pathlib import Path
 
 from pgr.images import BadImage
-from pgr.models import ModelFileMissing
+from pgr.model_files import ModelFileMissing
+from pgr.paths import CONFIGS
 from pgr.settings import SettingsError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_EMBEDDED = REPO / "configs" / "embedded.yaml"
+DEFAULT_EMBEDDED = CONFIGS / "embedded.yaml"
 log = logging.getLogger("pgr")
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--config", default=str(DEFAULT_EMBEDDED))
 
-    bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/benchmark.py)")
+    bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/app/benchmark.py)")
     bench.add_argument("--config", default=str(DEFAULT_EMBEDDED))
     bench.add_argument("--out", help="also write the figures as JSON here")
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "search":
             return _search(args)
-        from pgr.benchmark import run_benchmark
+        from pgr.app.benchmark import run_benchmark
 
         return run_benchmark(args.config, args.out)
     except (SettingsError, ModelFileMissing, BadImage, ValueError) as exc:
@@ -86,14 +86,6 @@ def parse_time(value: str | None) -> float | None:
         raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
 
 
-def retrieval_params(settings):
-    """Progressive retrieval settings from the matcher config."""
-    from reid.retrieval import RetrievalParams
-
-    m = settings.matcher
-    return RetrievalParams(n1=m.n1, a1=m.a1, n2=m.n2, a2=m.a2, part_global=m.part_score == "isp")
-
-
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -103,8 +95,8 @@ def _stop_on_signals() -> threading.Event:
 
 def _run(args) -> int:
     stop = _stop_on_signals()  # first, so a SIGTERM during start-up is a clean stop too
+    from pgr.app.pipeline import build_transport, run_ingest_stage, run_matcher_stage, run_reid_stage
     from pgr.metrics import PipelineMetrics
-    from pgr.pipeline import build_transport, run_ingest_stage, run_matcher_stage, run_reid_stage
 
     settings = load_settings(args.config)
     if settings.transport.kind != "kafka":
@@ -124,12 +116,13 @@ def _run(args) -> int:
 def _demo(args) -> int:
     import shutil
 
+    from matcher.contact_sheet import write_contact_sheet
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
     from matcher.search import longest_track_query, search_image
-    from matcher.sheet import write_contact_sheet
+    from pgr.app.pipeline import build_extractor, run_embedded
     from pgr.metrics import PipelineMetrics, counter_total
-    from pgr.pipeline import build_extractor, run_embedded
+    from reid.retrieval import RetrievalParams
 
     settings = load_settings(args.config)
     if settings.transport.kind != "inprocess":
@@ -177,7 +170,7 @@ def _demo(args) -> int:
         Path(query.thumbnail),
         top_k=10,
         features=FeatureStore(m.feature_store_dir),
-        params=retrieval_params(settings),
+        params=RetrievalParams.from_settings(settings.matcher),
     )
     for rank, h in enumerate(hits, 1):
         same = "  <- same track" if (h.camera_id, h.track_id) == (cam, track) else ""
@@ -194,7 +187,8 @@ def _search(args) -> int:
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
     from matcher.search import search_image
-    from pgr.pipeline import build_extractor
+    from pgr.app.pipeline import build_extractor
+    from reid.retrieval import RetrievalParams
 
     settings = load_settings(args.config)
     if args.top < 1 or args.top > 1000:
@@ -206,7 +200,7 @@ def _search(args) -> int:
             build_extractor(settings.reid),
             Path(args.image),
             features=FeatureStore(settings.matcher.feature_store_dir),
-            params=retrieval_params(settings),
+            params=RetrievalParams.from_settings(settings.matcher),
             top_k=args.top,
             camera=args.camera,
             since=parse_time(args.since),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reid.extractor import CropFeatures
+from pgr.messages import CropFeatures
 
 
 def orthogonal_projection(dim_in: int, dim_out: int, seed: int = 0) -> torch.Tensor:

@@ -12,10 +12,10 @@ from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
+from pgr.consume_loop import consume_loop
 from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
-from pgr.worker import consume_loop
 from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
 from reid.service import ReidWorker
 

@@ -3,7 +3,7 @@
 Embedded:  pgr bench [--config configs/embedded.yaml] [--out FILE.json]
     Runs the embedded demo's pipeline once, fresh index, and reports frames/s with the time split
     across decode, detection+tracking, feature extraction and indexing (sums of the stage histograms).
-Kafka:     python -m pgr.benchmark kafka --bootstrap HOST:PORT [--seconds 60]
+Kafka:     python -m pgr.app.benchmark kafka --bootstrap HOST:PORT [--seconds 60]
     Starts ingest, reid and matcher as three processes on configs/kafka.yaml with the PETS camera paced
     in real time, then reads each row's read_at (frame decoded) and indexed_at (row written) from the
     index: the latency from frame read to record searchable, median and p95.
@@ -29,9 +29,8 @@ import numpy as np
 import yaml
 
 from pgr.metrics import PipelineMetrics, counter_total
+from pgr.paths import CONFIGS
 from pgr.settings import load_settings
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _machine() -> str:
@@ -57,7 +56,7 @@ def _stage_sums(metrics: PipelineMetrics) -> dict[str, float]:
 
 def run_benchmark(config: str, out: str | None = None) -> int:
     """Embedded throughput on the config's cameras; prints a table, optionally writes JSON."""
-    from pgr.pipeline import build_extractor, run_embedded
+    from pgr.app.pipeline import build_extractor, run_embedded
 
     settings = load_settings(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +112,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     from matcher.index import DetectionIndex
 
     work = Path(tempfile.mkdtemp(prefix="pgr-bench-"))
-    cfg = yaml.safe_load((REPO / "configs" / "kafka.yaml").read_text())
+    cfg = yaml.safe_load((CONFIGS / "kafka.yaml").read_text())
     tag = f"bench{int(time.time())}"
     cfg["transport"]["bootstrap"] = bootstrap
     cfg["transport"]["group_prefix"] = tag
@@ -121,14 +120,14 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     cfg["cameras"] = [dict(cfg["cameras"][0], realtime=True, max_frames=int(seconds * 10))]
     cfg["matcher"] = {"milvus_uri": str(work / "bench.db"), "thumbnails_dir": str(work / "thumbs")}
     cfg["metrics"]["port"] = "${PGR_METRICS_PORT:-0}"
-    config = REPO / "configs" / f".{tag}.yaml"  # beside the shipped configs so relative paths resolve
+    config = CONFIGS / f".{tag}.yaml"  # beside the shipped configs so relative paths resolve
     config.write_text(yaml.safe_dump(cfg))
     procs = {}
     try:
         for stage in ("matcher", "reid", "ingest"):
             env = {**os.environ, "PGR_METRICS_PORT": str(_free_port())}
             procs[stage] = subprocess.Popen(
-                [sys.executable, "-m", "pgr.cli", "run", stage, "--config", str(config)],
+                [sys.executable, "-m", "pgr.app.cli", "run", stage, "--config", str(config)],
                 env=env,
                 stdout=(work / f"{stage}.log").open("w"),
                 stderr=subprocess.STDOUT,
@@ -168,10 +167,10 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pgr.benchmark")
+    parser = argparse.ArgumentParser(prog="python -m pgr.app.benchmark")
     sub = parser.add_subparsers(dest="mode", required=True)
     emb = sub.add_parser("embedded")
-    emb.add_argument("--config", default=str(REPO / "configs" / "embedded.yaml"))
+    emb.add_argument("--config", default=str(CONFIGS / "embedded.yaml"))
     emb.add_argument("--out")
     kafka = sub.add_parser("kafka")
     kafka.add_argument("--bootstrap", required=True)
