@@ -32,6 +32,8 @@ DEFAULT_PGR_CHECKPOINT = SHIPPED_WEIGHTS / "pgr_mobilenetv2_market1501.pt"
 DEFAULT_OPENVINO_REID = (
     SHIPPED_WEIGHTS / "person-reidentification-retail-0277" / "person-reidentification-retail-0277.xml"
 )
+# The project's PGR heads trained on 0277's maps (Market-1501): the default re-ID model (RESULTS.md).
+DEFAULT_OPENVINO_HEADS = SHIPPED_WEIGHTS / "pgr_0277_market1501.pt"
 
 
 class SettingsError(ValueError):
@@ -89,10 +91,17 @@ class IngestSettings(StrictModel):
 
 
 class ReidSettings(StrictModel):
-    model: Literal["pgr", "imagenet-gap"] = Field(
-        "pgr", description="pgr: instance, part and pixel features; imagenet-gap: ImageNet pooling (baseline)"
+    model: Literal["pgr-openvino", "pgr", "imagenet-gap"] = Field(
+        "pgr-openvino",
+        description="pgr-openvino: PGR heads (`heads`) on a frozen OpenVINO re-ID IR (`ir`), the default; "
+        "pgr: an end-to-end torch PGR model (`backbone`, `checkpoint`); "
+        "imagenet-gap: ImageNet pooling (baseline)",
     )
-    backbone: Literal["mobilenetv2", "efficientnet_lite0", "resnet50"] = "mobilenetv2"
+    ir: Path = Field(DEFAULT_OPENVINO_REID, description="pgr-openvino: the OpenVINO re-ID IR (.xml)")
+    heads: Path = Field(
+        DEFAULT_OPENVINO_HEADS, description="pgr-openvino: PGR heads trained on that IR's maps"
+    )
+    backbone: Literal["mobilenetv2", "efficientnet_lite0", "resnet50", "osnet_x0_25"] = "mobilenetv2"
     weights: Path | None = Field(None, description="ImageNet backbone weights (None: random init, resnet50)")
     checkpoint: Path | None = Field(
         DEFAULT_PGR_CHECKPOINT,
@@ -214,10 +223,15 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
     settings = validate_config(Settings, raw, str(path))
     if check_models:
         require_model_file(settings.ingest.detector_weights, "person detector (ingest.detector_weights)")
-        if settings.reid.weights is not None:
-            require_model_file(settings.reid.weights, "re-ID backbone (reid.weights)")
-        if settings.reid.checkpoint is not None:
-            require_model_file(settings.reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
+        reid = settings.reid
+        if reid.model == "pgr-openvino":
+            require_model_file(reid.ir, "OpenVINO re-ID IR (reid.ir)")
+            require_model_file(reid.heads, "PGR heads (reid.heads)")
+        else:
+            if reid.weights is not None:
+                require_model_file(reid.weights, "re-ID backbone (reid.weights)")
+            if reid.model == "pgr" and reid.checkpoint is not None:
+                require_model_file(reid.checkpoint, "PGR checkpoint (reid.checkpoint)")
     return settings
 
 
@@ -227,6 +241,8 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         ("ingest", "detector_weights"),
         ("reid", "weights"),
         ("reid", "checkpoint"),
+        ("reid", "ir"),
+        ("reid", "heads"),
         ("matcher", "thumbnails_dir"),
         ("matcher", "features_dir"),
     ]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from pgr.messages import CropFeatures
 from reid.extractor import crops_to_tensor, pick_device
-from reid.pgr_model import PGRConfig, PGRModel
+from reid.pgr_model import PGRConfig, PGRModel, PGROutput
 from reid.pixel_projection import orthogonal_projection
 
 
@@ -87,23 +87,38 @@ class PGRExtractor:
         return result
 
     def _extract_batch(self, crops: list[np.ndarray]) -> list[CropFeatures]:
-        out = self.model(crops_to_tensor(crops, self.input_size, self.device))
-        instance = F.normalize(out.instance_out, dim=-1).cpu().numpy().astype(np.float32)
-        parts = F.normalize(out.parts_out, dim=-1).cpu().numpy().astype(self.part_dtype)
-        visible = out.visibility.cpu().numpy()
-        pixels = out.features.permute(0, 2, 3, 1)  # (n, h, w, d)
-        if self.projection is not None:
-            pixels = pixels @ self.projection
-        pixels = F.normalize(pixels, dim=-1)
-        result = []
-        for i, fg in enumerate(out.foreground):
-            result.append(
-                CropFeatures(
-                    instance=instance[i],
-                    parts=parts[i],
-                    part_visibility=visible[i],
-                    pixels=pixels[i][fg].cpu().numpy().astype(self.pixel_dtype),
-                    pixel_coords=fg.nonzero().cpu().numpy().astype(np.int16),
-                )
+        return crop_features(self.model_output(crops), self.projection, self.part_dtype, self.pixel_dtype)
+
+    @torch.inference_mode()
+    def model_output(self, crops: list[np.ndarray]) -> PGROutput:
+        """The model's whole output for one batch of BGR crops (maps, parts, labels: for figures)."""
+        return self.model(crops_to_tensor(crops, self.input_size, self.device))
+
+
+def crop_features(
+    out: PGROutput,
+    projection: torch.Tensor | None,
+    part_dtype: type[np.floating] = np.float16,
+    pixel_dtype: type[np.floating] = np.float16,
+) -> list[CropFeatures]:
+    """Per-crop stored features of a model output: L2-normalised instance (float32) and parts, visibility,
+    and the foreground cells' (projected, L2-normalised) pixel vectors with their (row, col)."""
+    instance = F.normalize(out.instance_out, dim=-1).cpu().numpy().astype(np.float32)
+    parts = F.normalize(out.parts_out, dim=-1).cpu().numpy().astype(part_dtype)
+    visible = out.visibility.cpu().numpy()
+    pixels = out.features.permute(0, 2, 3, 1)  # (n, h, w, d)
+    if projection is not None:
+        pixels = pixels @ projection
+    pixels = F.normalize(pixels, dim=-1)
+    result = []
+    for i, fg in enumerate(out.foreground):
+        result.append(
+            CropFeatures(
+                instance=instance[i],
+                parts=parts[i],
+                part_visibility=visible[i],
+                pixels=pixels[i][fg].cpu().numpy().astype(pixel_dtype),
+                pixel_coords=fg.nonzero().cpu().numpy().astype(np.int16),
             )
-        return result
+        )
+    return result

@@ -52,6 +52,9 @@ class PGROutput:
     foreground: torch.Tensor  # M > 1/2, the same as labels != 0: (n, h, w) bool
     instance_out: torch.Tensor  # what inference stores: x_ins after its neck when the model has necks
     parts_out: torch.Tensor  # p_k after their necks when the model has necks
+    # the trained instance feature after its neck, where it differs from what is stored (map heads store
+    # the frozen backbone's embedding); the ID loss takes it
+    instance_neck: torch.Tensor | None = None
 
 
 def instance_feature(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,9 @@ from reid.pgr_model import (
 WEIGHTS = {
     "mobilenetv2": "mobilenetv2_imagenet_features.pt",
     "efficientnet_lite0": "efficientnet_lite0_imagenet.pth",
+    "osnet_x0_25": "osnet_x0_25_msmt17.pth",
 }
-CHANNELS = {"mobilenetv2": 1280, "efficientnet_lite0": 1280, "resnet50": 2048}
+CHANNELS = {"mobilenetv2": 1280, "efficientnet_lite0": 1280, "resnet50": 2048, "osnet_x0_25": 128}
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from tqdm import tqdm
 from pgr.files import write_atomically
 from pgr.messages import CropFeatures
 from pgr.paths import REPO, asset_weights_dir
+from pgr.settings import DEFAULT_OPENVINO_REID
+from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 from reid.pgr_extractor import PGRExtractor
 from reid.pgr_model import PGRModel
 from reid.retrieval import (
@@ -43,9 +45,10 @@ from reid.retrieval import (
 )
 from training.datasets import ReidDataset, Sample, load_dataset
 from training.evaluate import RankResult, evaluate_samples
+from training.map_cache import MapCache, open_cache
 
 
-def _cache_key(extractor: PGRExtractor, checkpoint: Path | None, samples: list[Sample]) -> str:
+def _cache_key(extractor, checkpoint: Path | None, samples: list[Sample]) -> str:
     """Same model file, same projection, same image names and sizes: same features (DukeMTMC-reID and
     Occluded-Duke share their gallery, so it is extracted once)."""
     h = hashlib.sha1(extractor.name.encode())
@@ -57,14 +60,16 @@ def _cache_key(extractor: PGRExtractor, checkpoint: Path | None, samples: list[S
 
 
 def extract(
-    extractor: PGRExtractor,
+    extractor: PGRExtractor | OpenVinoPGRExtractor,
     samples: list[Sample],
     batch: int,
     what: str,
     cache: Path | None = None,
     checkpoint: Path | None = None,
+    maps: MapCache | None = None,
 ) -> GalleryFeatures:
-    """Features of every sample, read from / written to `cache` (a folder) when given."""
+    """Features of every sample, read from / written to `cache` (a folder) when given. With `maps` (the
+    OpenVINO backbone's cached maps of these images) only the heads run."""
     path = None
     if cache is not None:
         path = cache / f"{what}-{_cache_key(extractor, checkpoint, samples)}.pt"
@@ -72,7 +77,13 @@ def extract(
             print(f"features: {what} from {path}")
             return GalleryFeatures(**torch.load(path, weights_only=True))
     feats = []
+    rows = None if maps is None else maps.rows([s.path.name for s in samples])
     for start in tqdm(range(0, len(samples), batch), desc=f"features: {what}", unit="batch"):
+        if rows is not None:
+            assert isinstance(extractor, OpenVinoPGRExtractor), "cached maps need the OpenVINO extractor"
+            chunk = rows[start : start + batch]
+            feats.extend(extractor.features_of_maps(maps.maps[chunk], maps.embeddings[chunk]))
+            continue
         images = [cv2.imread(str(s.path)) for s in samples[start : start + batch]]
         feats.extend(extractor.extract(images))
     result = GalleryFeatures.from_crop_features(feats)
@@ -171,20 +182,28 @@ def run(args: argparse.Namespace) -> dict:
     ds = load_dataset(args.data, args.dataset)
     print(ds.summary())
     query_samples = ds.query[: args.queries] if args.queries else ds.query
-    extractor = PGRExtractor(
-        "mobilenetv2",
-        asset_weights_dir() / "mobilenetv2_imagenet_features.pt",
-        args.checkpoint,
-        device=args.device,
-        pixel_dim=args.pixel_dim,
-    )
+    model_file = args.heads or args.checkpoint
+    q_maps = g_maps = None
+    if args.heads is not None:
+        extractor = OpenVinoPGRExtractor(args.heads, args.ir, pixel_dim=args.pixel_dim)
+        if args.map_cache is not None:
+            q_maps, g_maps = open_cache(args.map_cache / "query"), open_cache(args.map_cache / "gallery")
+    else:
+        extractor = PGRExtractor(
+            None if args.checkpoint else "mobilenetv2",
+            None if args.checkpoint else asset_weights_dir() / "mobilenetv2_imagenet_features.pt",
+            args.checkpoint,
+            device=args.device,
+            pixel_dim=args.pixel_dim,
+        )
     t0 = time.perf_counter()
-    gallery = extract(extractor, ds.gallery, args.batch, "gallery", args.cache, args.checkpoint)
-    query = extract(extractor, query_samples, args.batch, "query", args.cache, args.checkpoint)
+    gallery = extract(extractor, ds.gallery, args.batch, "gallery", args.cache, model_file, g_maps)
+    query = extract(extractor, query_samples, args.batch, "query", args.cache, model_file, q_maps)
     extract_s = time.perf_counter() - t0
     print("gallery foreground:", foreground_stats(gallery))
     rows: dict[str, dict] = {}
-    base = RetrievalParams(part_score="eq4")  # Eq. 4 as printed; each variant names its reading
+    # Eq. 4 as printed; each variant names its reading. a1, a2 (and N1, N2) as chosen on validation data.
+    base = RetrievalParams(part_score="eq4", a1=args.a1, a2=args.a2, n1=args.n1, n2=args.n2)
     variants = {
         "I": replace(base, n1=1, n2=1),  # stage 0 only: s_ins ranking (N1=N2=1 re-ranks nothing else)
         "I+P (Eq. 4 as printed)": replace(base, n2=1),
@@ -284,7 +303,7 @@ def _features_of(feats: GalleryFeatures, row: int) -> CropFeatures:
 def _write_figures(
     out: Path,
     dataset: str,
-    extractor: PGRExtractor,
+    extractor: PGRExtractor | OpenVinoPGRExtractor,
     curves: dict[str, np.ndarray],
     results: dict[str, RetrievalResult],
     query_samples: list[Sample],
@@ -294,7 +313,6 @@ def _write_figures(
 ) -> None:
     """CMC curves, learned parts on the first queries of distinct identities, and the pixel pairs s_pixel
     keeps between a query and its best-ranked true match and its best-ranked false match."""
-    from reid.extractor import crops_to_tensor
     from training.figures import plot_cmc, plot_correspondences, plot_parts
 
     out.mkdir(parents=True, exist_ok=True)
@@ -308,8 +326,7 @@ def _write_figures(
         if len(picks) == 8:
             break
     images = [cv2.imread(str(query_samples[i].path)) for i in picks]
-    with torch.inference_mode():
-        labels = extractor.model(crops_to_tensor(images, extractor.input_size, extractor.device)).labels
+    labels = extractor.model_output(images).labels
     plot_parts(
         images,
         list(labels.cpu().numpy()),
@@ -348,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.evaluate_model", description=__doc__)
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("--dataset", default="market1501")
-    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--checkpoint", type=Path, help="an end-to-end PGR checkpoint (torch)")
+    ap.add_argument("--heads", type=Path, help="PGR heads on the OpenVINO IR (reid.map_heads)")
+    ap.add_argument("--ir", type=Path, default=DEFAULT_OPENVINO_REID, help="the IR the heads sit on")
+    ap.add_argument("--map-cache", type=Path, help="the IR's cached maps of the dataset (query/, gallery/)")
+    defaults = RetrievalParams()
+    ap.add_argument("--a1", type=float, default=defaults.a1)
+    ap.add_argument("--a2", type=float, default=defaults.a2)
+    ap.add_argument("--n1", type=int, default=defaults.n1)
+    ap.add_argument("--n2", type=int, default=defaults.n2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--pixel-dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)

@@ -27,7 +27,8 @@ class TrainingHeads(nn.Module):
     def forward(self, out: PGROutput) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for x_ins (n, C) and for the parts (n, p, C) of a model output."""
         if self.necks is None:  # the model's necks already ran
-            feats = [out.instance_out] + [out.parts_out[:, k] for k in range(out.parts_out.shape[1])]
+            instance = out.instance_out if out.instance_neck is None else out.instance_neck
+            feats = [instance] + [out.parts_out[:, k] for k in range(out.parts_out.shape[1])]
         else:
             feats = [out.instance] + [out.parts[:, k] for k in range(out.parts.shape[1])]
             feats = [neck(f) for f, neck in zip(feats, self.necks, strict=True)]

@@ -40,6 +40,10 @@ def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
     size = (cfg.input_height, cfg.input_width)
     if cfg.model == "imagenet-gap":  # settings guarantee mobilenetv2 and its weights
         return ImageNetMobileNetV2Extractor(cfg.weights, cfg.device, size)
+    if cfg.model == "pgr-openvino":
+        from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
+
+        return OpenVinoPGRExtractor(cfg.heads, cfg.ir, pixel_dim=cfg.pixel_dim, batch_size=cfg.batch_size)
     from reid.pgr_extractor import PGRExtractor
 
     return PGRExtractor(
