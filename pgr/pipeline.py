@@ -7,6 +7,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ingest.service import run_ingest
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
@@ -53,6 +55,13 @@ def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
     )
 
 
+def model_signature(extractor: FeatureExtractor, cfg: ReidSettings) -> tuple[str, int]:
+    """The model name and instance dimension the extractor puts in feature records (one blank crop through
+    it): what the matcher indexes, whatever record comes first."""
+    blank = np.zeros((cfg.input_height, cfg.input_width, 3), np.uint8)
+    return extractor.name, int(extractor.extract([blank])[0].instance.shape[0])
+
+
 def group(settings: Settings, stage: str) -> str:
     return f"{settings.transport.group_prefix}-{stage}"
 
@@ -93,10 +102,13 @@ def run_matcher_stage(
     metrics: PipelineMetrics,
     stop: threading.Event,
     upstream_done: threading.Event | None = None,
+    extractor: FeatureExtractor | None = None,
 ) -> None:
-    """Consume features and index them, until stopped (or drained once upstream is done)."""
+    """Consume features and index them, until stopped (or drained once upstream is done). The index takes
+    its dimension, and records their model, from the configured extractor, never from the first record."""
     m = settings.matcher
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    model, dim = model_signature(extractor or build_extractor(settings.reid), settings.reid)
+    index = DetectionIndex(m.milvus_uri, m.collection, dim=dim)
     producer = transport.producer()
     worker = MatcherWorker(
         index,
@@ -105,6 +117,7 @@ def run_matcher_stage(
         producer,
         settings.topics.dead_letter,
         metrics,
+        model=model,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
@@ -165,7 +178,11 @@ def run_embedded(
         ),
         threading.Thread(
             target=guarded,
-            args=("matcher", lambda: run_matcher_stage(settings, bus, metrics, stop, reid_done), None),
+            args=(
+                "matcher",
+                lambda: run_matcher_stage(settings, bus, metrics, stop, reid_done, extractor),
+                None,
+            ),
         ),
     ]
     for t in threads:

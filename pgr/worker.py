@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from pgr.messages import MalformedRecord
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Consumer, Message, Producer
 
@@ -31,6 +32,13 @@ def dead_letter(
     producer.send(topic, json.dumps(body).encode(), key=msg.key)
     metrics.dead_lettered.labels(stage).inc()
     log.warning("%s: dead-lettered %s[%d]@%d: %s", stage, msg.topic, msg.partition, msg.offset, error[:200])
+
+
+def reason(exc: BaseException) -> str:
+    """The dead-letter reason for an exception raised by one record: its message, and its type unless the
+    decoder raised it (a MalformedRecord message says all)."""
+    text = str(exc) or repr(exc)
+    return text if isinstance(exc, MalformedRecord) else f"{type(exc).__name__}: {text}"
 
 
 def consume_loop(
