@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pgr.images import BadImage, read_image
 from pgr.metrics import PipelineMetrics
 from pgr.settings import CameraSettings, RetrySettings
 
@@ -85,7 +86,10 @@ class _FolderSource:
         return self._next <= len(self.files)
 
     def retrieve(self) -> np.ndarray | None:
-        return cv2.imread(str(self.files[self._next - 1]), cv2.IMREAD_COLOR)
+        try:  # the header is checked before decoding: a bomb in the folder is a corrupt frame
+            return read_image(self.files[self._next - 1])
+        except BadImage:
+            return None
 
     def close(self) -> None:
         pass
