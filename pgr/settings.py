@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pgr.models import require_model_file
+from pgr.validation import is_camera_id
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -39,7 +40,7 @@ class RetrySettings(_Strict):
 
 
 class CameraSettings(_Strict):
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(min_length=1, max_length=64, description="1-64 of A-Z a-z 0-9 _ . - (not . or ..)")
     source: str = Field(
         min_length=1, description="video file, rtsp:// or http:// URL, webcam index, image folder"
     )
@@ -49,6 +50,13 @@ class CameraSettings(_Strict):
     realtime: bool = Field(
         False, description="pace a file source at its native frame rate, like a live camera"
     )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not is_camera_id(v):
+            raise ValueError(f"camera id {v!r}: want 1-64 of A-Z a-z 0-9 _ . - (not . or ..)")
+        return v
 
     @field_validator("source")
     @classmethod
