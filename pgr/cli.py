@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from pgr.errors import Unavailable
 from pgr.images import BadImage
 from pgr.models import ModelFileMissing
 from pgr.settings import SettingsError, load_settings
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ModelFileMissing, BadImage, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # a broker, an index or a port: not the command line's fault
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def parse_time(value: str | None) -> float | None:
@@ -77,13 +82,15 @@ def parse_time(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
+        try:
+            t = datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
+    if not math.isfinite(t):
+        raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601")
+    return t
 
 
 def retrieval_params(settings):
@@ -199,6 +206,7 @@ def _search(args) -> int:
     settings = load_settings(args.config)
     if args.top < 1 or args.top > 1000:
         raise ValueError("--top must be between 1 and 1000")
+    since, until = parse_time(args.since), parse_time(args.until)
     index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
     try:
         hits = search_image(
@@ -209,8 +217,8 @@ def _search(args) -> int:
             params=retrieval_params(settings),
             top_k=args.top,
             camera=args.camera,
-            since=parse_time(args.since),
-            until=parse_time(args.until),
+            since=since,
+            until=until,
         )
     finally:
         index.close()

@@ -33,6 +33,7 @@ def build_transport(settings: Settings) -> Transport:
             session_timeout_ms=t.session_timeout_ms,
             partitions=t.partitions,
             instance_id=t.instance_id,
+            connect_timeout_s=t.connect_timeout_s,
         )
     return InProcessBus()
 

@@ -91,7 +91,9 @@ class ReidSettings(_Strict):
         description="a trained PGR checkpoint (default: the shipped one); null: untrained part classifier",
     )
     pixel_dim: int | None = Field(64, ge=8, description="stored pixel feature size (fixed projection)")
-    device: str = "auto"
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N], mps"
+    )
     batch_size: int = Field(16, ge=1, le=1024)
 
     @model_validator(mode="after")
@@ -150,6 +152,7 @@ class TransportSettings(_Strict):
     group_prefix: str = "pgr"
     session_timeout_ms: int = Field(10000, ge=1000)
     partitions: int = Field(4, ge=1, description="partitions of topics this system creates")
+    connect_timeout_s: float = Field(30.0, gt=0, description="how long to wait for a broker at start")
     instance_id: str | None = Field(
         None,
         description="static group membership: a restarted service with the same id takes its place at once",

@@ -15,6 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
+from pgr.errors import BrokerUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -128,8 +130,24 @@ class _BusConsumer:
         pass
 
 
+@contextlib.contextmanager
+def _reaching(bootstrap: str):
+    """Turn "no broker answered" into one BrokerUnavailable line naming the servers."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    try:
+        yield
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): check transport.bootstrap "
+            "(PGR_KAFKA_BOOTSTRAP) and that the broker is up"
+        ) from None
+
+
 class KafkaTransport:
-    """Kafka through kafka-python; offsets are committed by hand after the downstream write."""
+    """Kafka through kafka-python; offsets are committed by hand after the downstream write.
+
+    A broker that does not answer within `connect_timeout_s` at start raises BrokerUnavailable."""
 
     def __init__(
         self,
@@ -138,8 +156,10 @@ class KafkaTransport:
         session_timeout_ms: int = 10000,
         partitions: int = 4,
         instance_id: str | None = None,
+        connect_timeout_s: float = 30.0,
     ) -> None:
         self.bootstrap = bootstrap
+        self.bootstrap_timeout_ms = int(connect_timeout_s * 1000)
         self.instance_id = instance_id
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
@@ -159,7 +179,12 @@ class KafkaTransport:
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+        with _reaching(self.bootstrap):
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"{self.client_id}-admin",
+                bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+            )
         try:
             missing = [t for t in topics if t not in set(admin.list_topics())]
             if missing:
@@ -178,14 +203,16 @@ class _KafkaProducer:
     def __init__(self, t: KafkaTransport) -> None:
         from kafka import KafkaProducer
 
-        self._p = KafkaProducer(
-            bootstrap_servers=t.bootstrap,
-            client_id=t.client_id,
-            acks="all",
-            delivery_timeout_ms=120_000,
-            max_request_size=16 * 1024 * 1024,
-            reconnect_backoff_max_ms=5000,
-        )
+        with _reaching(t.bootstrap):
+            self._p = KafkaProducer(
+                bootstrap_servers=t.bootstrap,
+                client_id=t.client_id,
+                acks="all",
+                delivery_timeout_ms=120_000,
+                max_request_size=16 * 1024 * 1024,
+                reconnect_backoff_max_ms=5000,
+                bootstrap_timeout_ms=t.bootstrap_timeout_ms,
+            )
         self._pending: list = []
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
@@ -211,9 +238,14 @@ class _KafkaProducer:
 
 class _KafkaConsumer:
     def __init__(self, t: KafkaTransport, topics: list[str], group: str) -> None:
+        with _reaching(t.bootstrap):
+            self._c = self._connect(t, topics, group)
+
+    @staticmethod
+    def _connect(t: KafkaTransport, topics: list[str], group: str):
         from kafka import KafkaConsumer
 
-        self._c = KafkaConsumer(
+        return KafkaConsumer(
             *topics,
             bootstrap_servers=t.bootstrap,
             client_id=t.client_id,
@@ -227,6 +259,7 @@ class _KafkaConsumer:
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
             reconnect_backoff_max_ms=5000,
+            bootstrap_timeout_ms=t.bootstrap_timeout_ms,
         )
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
