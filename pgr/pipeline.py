@@ -35,7 +35,7 @@ def build_transport(settings: Settings) -> Transport:
             instance_id=t.instance_id,
             connect_timeout_s=t.connect_timeout_s,
         )
-    return InProcessBus()
+    return InProcessBus(capacity=t.queue_records)
 
 
 def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
@@ -146,7 +146,7 @@ def run_embedded(
     """All three stages in one process over the in-process bus; returns when every source has ended
     and everything published has been indexed (or when `stop` is set)."""
     stop = stop or threading.Event()
-    bus = InProcessBus()
+    bus = InProcessBus(capacity=settings.transport.queue_records, stop=stop)
     run = EmbeddedRun(bus=bus)
     ingest_done, reid_done = threading.Event(), threading.Event()
     extractor = extractor or build_extractor(settings.reid)

@@ -152,6 +152,9 @@ class TransportSettings(_Strict):
     group_prefix: str = "pgr"
     session_timeout_ms: int = Field(10000, ge=1000)
     partitions: int = Field(4, ge=1, description="partitions of topics this system creates")
+    queue_records: int = Field(
+        256, ge=1, description="embedded bus: uncommitted records a topic holds before producers wait"
+    )
     connect_timeout_s: float = Field(30.0, gt=0, description="how long to wait for a broker at start")
     instance_id: str | None = Field(
         None,

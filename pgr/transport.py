@@ -49,14 +49,22 @@ class Transport(Protocol):
 
 
 class InProcessBus:
-    """Topics as append-only in-memory logs with consumer-group offsets, for one process.
+    """Topics as in-memory logs with consumer-group offsets, for one process.
 
     It mirrors Kafka's semantics where the pipeline depends on them: a group resumes from its committed
-    offset, records polled but not committed are delivered again to the group's next consumer.
+    offset, records polled but not committed are delivered again to the group's next consumer. Unlike Kafka
+    it keeps only what some group still needs, and it is bounded: a topic read by groups holds at most
+    `capacity` records that its slowest group has not committed, and `send` waits (back-pressure) until that
+    group commits, or until `stop` is set (then it keeps the record and goes on, so a stopping pipeline never
+    deadlocks). Records every group has committed are released. A topic no group reads (the dead letters)
+    keeps everything, for `records`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 256, stop: threading.Event | None = None) -> None:
+        self.capacity, self._stop = capacity, stop
         self._logs: dict[str, list[Message]] = defaultdict(list)
+        self._base: dict[str, int] = defaultdict(int)  # offset of the first record still held
+        self._groups: dict[str, set[str]] = defaultdict(set)
         self._committed: dict[tuple[str, str], int] = defaultdict(int)
         self._cond = threading.Condition()
 
@@ -68,19 +76,48 @@ class InProcessBus:
 
     def append(self, topic: str, value: bytes, key: bytes | None) -> None:
         with self._cond:
+            while self._full(topic) and not (self._stop is not None and self._stop.is_set()):
+                self._cond.wait(0.2)
             log_ = self._logs[topic]
-            log_.append(Message(topic, 0, len(log_), key, value))
+            log_.append(Message(topic, 0, self._end(topic), key, value))
             self._cond.notify_all()
 
     def records(self, topic: str) -> list[Message]:
-        """Everything ever sent to a topic (tests and the demo read the dead-letter topic this way)."""
+        """The records of a topic still held: all of them for a topic no group reads (tests and the demo
+        read the dead-letter topic this way), the uncommitted ones otherwise."""
         with self._cond:
             return list(self._logs[topic])
 
     def lag(self, topic: str, group: str) -> int:
         """Records in the topic that the group has not committed yet."""
         with self._cond:
-            return len(self._logs[topic]) - self._committed[(group, topic)]
+            return self._end(topic) - max(self._committed[(group, topic)], 0)
+
+    def _end(self, topic: str) -> int:
+        return self._base[topic] + len(self._logs[topic])
+
+    def _slowest(self, topic: str) -> int:
+        return min(self._committed[(g, topic)] for g in self._groups[topic])
+
+    def _full(self, topic: str) -> bool:
+        return bool(self._groups[topic]) and self._end(topic) - self._slowest(topic) >= self.capacity
+
+    def _join(self, topic: str, group: str) -> int:
+        """Register a group on a topic; returns where it resumes (a group new to the topic starts at the
+        oldest record still held)."""
+        key = (group, topic)
+        if group not in self._groups[topic]:
+            self._groups[topic].add(group)
+            self._committed[key] = max(self._committed[key], self._base[topic])
+        return self._committed[key]
+
+    def _commit(self, topic: str, group: str, position: int) -> None:
+        self._committed[(group, topic)] = position
+        release = self._slowest(topic) - self._base[topic]
+        if release > 0:
+            del self._logs[topic][:release]
+            self._base[topic] += release
+        self._cond.notify_all()
 
 
 class _BusProducer:
@@ -101,17 +138,17 @@ class _BusConsumer:
     def __init__(self, bus: InProcessBus, topics: list[str], group: str) -> None:
         self._bus, self._topics, self._group = bus, topics, group
         with bus._cond:
-            self._position = {t: bus._committed[(group, t)] for t in topics}
+            self._position = {t: bus._join(t, group) for t in topics}
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         deadline = time.monotonic() + timeout_s
-        with self._bus._cond:
+        bus = self._bus
+        with bus._cond:
             while True:
                 out: list[Message] = []
                 for t in self._topics:
-                    pending = self._bus._logs[t][
-                        self._position[t] : self._position[t] + max_records - len(out)
-                    ]
+                    start = self._position[t] - bus._base[t]
+                    pending = bus._logs[t][start : start + max_records - len(out)]
                     out.extend(pending)
                     self._position[t] += len(pending)
                 if out:
@@ -119,12 +156,12 @@ class _BusConsumer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                self._bus._cond.wait(remaining)
+                bus._cond.wait(remaining)
 
     def commit(self) -> None:
         with self._bus._cond:
             for t, pos in self._position.items():
-                self._bus._committed[(self._group, t)] = pos
+                self._bus._commit(t, self._group, pos)
 
     def close(self) -> None:
         pass
