@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pgr.errors import BrokerUnavailable
+from pgr.membership import release_instance_id, static_instance_id
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +276,13 @@ class _KafkaProducer:
 
 class _KafkaConsumer:
     def __init__(self, t: KafkaTransport, topics: list[str], group: str) -> None:
+        self._group = group
+        self.instance_id = static_instance_id(group, t.instance_id)  # static membership, always
         with _reaching(t.bootstrap):
-            self._c = self._connect(t, topics, group)
+            self._c = self._connect(t, topics, group, self.instance_id)
 
     @staticmethod
-    def _connect(t: KafkaTransport, topics: list[str], group: str):
+    def _connect(t: KafkaTransport, topics: list[str], group: str, instance_id: str):
         from kafka import KafkaConsumer
 
         return KafkaConsumer(
@@ -287,7 +290,7 @@ class _KafkaConsumer:
             bootstrap_servers=t.bootstrap,
             client_id=t.client_id,
             group_id=group,
-            group_instance_id=t.instance_id,
+            group_instance_id=instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=t.session_timeout_ms,
@@ -325,3 +328,4 @@ class _KafkaConsumer:
 
     def close(self) -> None:
         self._c.close(autocommit=False)
+        release_instance_id(self._group, self.instance_id)
