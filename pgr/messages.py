@@ -11,6 +11,8 @@ import base64
 import binascii
 import json
 import math
+import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +43,19 @@ class MalformedRecord(ValueError):
     """A record that cannot be decoded or fails validation; it goes to the dead-letter topic."""
 
 
-def detection_id(camera_id: str, frame_index: int, track_id: int, index_in_frame: int) -> str:
-    """The stable id of one detection: the same video gives the same ids, so redelivery is idempotent."""
+def detection_id(
+    camera_id: str, frame_index: int, track_id: int, index_in_frame: int, run: str | None = None
+) -> str:
+    """The stable id of one detection: the same video gives the same ids, so redelivery and re-ingesting a
+    file are idempotent. A live source's frame and track counters restart with every ingest run, so its ids
+    carry the run (`run`), and a restarted camera never overwrites what an earlier run indexed."""
     who = f"t{track_id}" if track_id >= 0 else f"d{index_in_frame}"
-    return f"{camera_id}:{frame_index}:{who}"
+    return f"{camera_id}:{run}:{frame_index}:{who}" if run else f"{camera_id}:{frame_index}:{who}"
+
+
+def run_tag() -> str:
+    """A tag unique to one ingest run of a live source: its start in milliseconds and 16 random bits."""
+    return f"r{int(time.time() * 1000):x}{secrets.token_hex(2)}"
 
 
 @dataclass
