@@ -17,6 +17,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from matcher.index_check import check_lite_manifests
 from pgr.errors import IndexMismatch, IndexUnavailable
 from pgr.messages import Detection
 from pgr.validation import is_camera_id
@@ -71,6 +72,8 @@ class DetectionIndex:
         self.uri, self.collection, self.retries = uri, collection, retries
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            if Path(uri).is_dir():
+                check_lite_manifests(Path(uri))  # before milvus-lite drops what its manifest lost
         try:
             self.client = self._retry("connect", lambda: MilvusClient(uri))
             has = self.client.has_collection(collection)

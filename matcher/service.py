@@ -70,7 +70,10 @@ class MatcherWorker:
                 continue
             rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
         for det_id, why in self.index.upsert(rows).items():
-            self._dead(records.pop(det_id)[0], MalformedRecord(why))
+            msg, rec = records.pop(det_id)
+            self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
+            self.features.remove(rec.detection.camera_id, det_id)
+            self._dead(msg, MalformedRecord(why))
         self.producer.flush()
         if not records:
             return

@@ -200,6 +200,7 @@ def _demo(args) -> int:
 def _search(args) -> int:
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
+    from matcher.index_check import check_rows_against_files
     from matcher.search import search_image
     from pgr.pipeline import build_extractor
 
@@ -209,6 +210,7 @@ def _search(args) -> int:
     since, until = parse_time(args.since), parse_time(args.until)
     index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
     try:
+        check_rows_against_files(index, settings.matcher.thumbnails_dir, slack=settings.matcher.batch_size)
         hits = search_image(
             index,
             build_extractor(settings.reid),

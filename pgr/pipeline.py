@@ -12,6 +12,7 @@ import numpy as np
 from ingest.service import run_ingest
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
+from matcher.index_check import check_rows_against_files
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from pgr.metrics import PipelineMetrics
@@ -110,6 +111,11 @@ def run_matcher_stage(
     m = settings.matcher
     model, dim = model_signature(extractor or build_extractor(settings.reid), settings.reid)
     index = DetectionIndex(m.milvus_uri, m.collection, dim=dim)
+    try:
+        check_rows_against_files(index, m.thumbnails_dir, slack=m.batch_size)
+    except Exception:
+        index.close()
+        raise
     producer = transport.producer()
     worker = MatcherWorker(
         index,
