@@ -67,7 +67,12 @@ class DetectionIndex:
     """
 
     def __init__(
-        self, uri: str, collection: str = "detections", retries: int = 5, dim: int | None = None
+        self,
+        uri: str,
+        collection: str = "detections",
+        retries: int = 5,
+        dim: int | None = None,
+        token: str | None = None,
     ) -> None:
         self.uri, self.collection, self.retries = uri, collection, retries
         if "://" not in uri:
@@ -75,7 +80,8 @@ class DetectionIndex:
             if Path(uri).is_dir():
                 check_lite_manifests(Path(uri))  # before milvus-lite drops what its manifest lost
         try:
-            self.client = self._retry("connect", lambda: MilvusClient(uri))
+            auth = {"token": token} if token else {}
+            self.client = self._retry("connect", lambda: MilvusClient(uri, **auth))
             has = self.client.has_collection(collection)
         except MilvusException as exc:
             raise IndexUnavailable(self._why_unavailable(exc)) from None

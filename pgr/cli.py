@@ -202,13 +202,15 @@ def _search(args) -> int:
     from matcher.index import DetectionIndex
     from matcher.index_check import check_rows_against_files
     from matcher.search import search_image
-    from pgr.pipeline import build_extractor
+    from pgr.pipeline import build_extractor, milvus_token
 
     settings = load_settings(args.config)
     if args.top < 1 or args.top > 1000:
         raise ValueError("--top must be between 1 and 1000")
     since, until = parse_time(args.since), parse_time(args.until)
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = DetectionIndex(
+        settings.matcher.milvus_uri, settings.matcher.collection, token=milvus_token(settings)
+    )
     try:
         check_rows_against_files(index, settings.matcher.thumbnails_dir, slack=settings.matcher.batch_size)
         hits = search_image(

@@ -16,13 +16,35 @@ from matcher.index_check import check_rows_against_files
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from pgr.metrics import PipelineMetrics
-from pgr.settings import ReidSettings, Settings
+from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
 from pgr.worker import consume_loop
 from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
 from reid.service import ReidWorker
 
 log = logging.getLogger(__name__)
+
+
+def kafka_client_options(t: TransportSettings) -> dict[str, str]:
+    """The kafka-python options for `transport.security` (empty for PLAINTEXT)."""
+    sec, options = t.security, {}
+    if sec.protocol != "PLAINTEXT":
+        options["security_protocol"] = sec.protocol
+    if sec.sasl_mechanism:
+        options["sasl_mechanism"] = sec.sasl_mechanism
+    if sec.username:
+        options["sasl_plain_username"] = sec.username
+    if sec.password:
+        options["sasl_plain_password"] = sec.password.get_secret_value()
+    if sec.ca_file:
+        options["ssl_cafile"] = str(sec.ca_file)
+    return options
+
+
+def milvus_token(settings: Settings) -> str | None:
+    """The Milvus user:password, when the config names one."""
+    token = settings.matcher.milvus_token
+    return token.get_secret_value() if token is not None else None
 
 
 def build_transport(settings: Settings) -> Transport:
@@ -35,6 +57,7 @@ def build_transport(settings: Settings) -> Transport:
             partitions=t.partitions,
             instance_id=t.instance_id,
             connect_timeout_s=t.connect_timeout_s,
+            options=kafka_client_options(t),
         )
     return InProcessBus(capacity=t.queue_records)
 
@@ -110,7 +133,7 @@ def run_matcher_stage(
     its dimension, and records their model, from the configured extractor, never from the first record."""
     m = settings.matcher
     model, dim = model_signature(extractor or build_extractor(settings.reid), settings.reid)
-    index = DetectionIndex(m.milvus_uri, m.collection, dim=dim)
+    index = DetectionIndex(m.milvus_uri, m.collection, dim=dim, token=milvus_token(settings))
     try:
         check_rows_against_files(index, m.thumbnails_dir, slack=m.batch_size)
     except Exception:

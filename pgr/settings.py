@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pgr.models import require_model_file
 from pgr.validation import is_camera_id
@@ -110,6 +118,15 @@ class MatcherSettings(_Strict):
     milvus_uri: str
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
+    milvus_token: SecretStr | None = Field(
+        None, description="user:password of a Milvus server with authentication on (PGR_MILVUS_TOKEN)"
+    )
+
+    @field_validator("milvus_token", mode="before")
+    @classmethod
+    def _no_token(cls, v):
+        return v or None  # an unset ${VAR:-} in the YAML
+
     features_dir: Path | None = Field(
         None, description="part/pixel feature store (default: beside thumbnails)"
     )
@@ -122,6 +139,12 @@ class MatcherSettings(_Strict):
         "isp",
         description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )
+
+    @model_validator(mode="after")
+    def _token_needs_server(self) -> MatcherSettings:
+        if self.milvus_token is not None and "://" not in self.milvus_uri:
+            raise ValueError("milvus_token needs a Milvus server URI (milvus-lite files have no users)")
+        return self
 
     @property
     def feature_store_dir(self) -> Path:
@@ -146,12 +169,34 @@ class TopicSettings(_Strict):
     dead_letter: str = "pgr.deadletter"
 
 
+class KafkaSecurity(_Strict):
+    """How the Kafka clients authenticate and encrypt (README: Security). PLAINTEXT: neither."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = Field(None, description="CA bundle that signed the brokers' certificates")
+
+    @field_validator("sasl_mechanism", "username", "password", "ca_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return v or None  # an unset ${VAR:-} in the YAML
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecurity:
+        if self.protocol.startswith("SASL") and not (self.sasl_mechanism and self.username and self.password):
+            raise ValueError(f"protocol {self.protocol} needs sasl_mechanism, username and password")
+        return self
+
+
 class TransportSettings(_Strict):
     kind: Literal["inprocess", "kafka"] = "inprocess"
     bootstrap: str | None = None
     group_prefix: str = "pgr"
     session_timeout_ms: int = Field(10000, ge=1000)
     partitions: int = Field(4, ge=1, description="partitions of topics this system creates")
+    security: KafkaSecurity = KafkaSecurity()
     queue_records: int = Field(
         256, ge=1, description="embedded bus: uncommitted records a topic holds before producers wait"
     )
@@ -222,6 +267,11 @@ def load_settings(path: str | Path, overrides: dict | None = None, check_models:
     ]:
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = str(_rel(base, raw[section][key]))
+    security = (
+        (raw.get("transport") or {}).get("security") if isinstance(raw.get("transport"), dict) else None
+    )
+    if isinstance(security, dict) and isinstance(security.get("ca_file"), str):
+        security["ca_file"] = str(_rel(base, security["ca_file"]))
     if isinstance(raw.get("matcher"), dict):
         uri = raw["matcher"].get("milvus_uri")
         if isinstance(uri, str) and "://" not in uri:

@@ -195,8 +195,10 @@ class KafkaTransport:
         partitions: int = 4,
         instance_id: str | None = None,
         connect_timeout_s: float = 30.0,
+        options: dict[str, str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.options = options or {}  # security: SASL/TLS (pgr.pipeline.kafka_client_options)
         self.bootstrap_timeout_ms = int(connect_timeout_s * 1000)
         self.instance_id = instance_id
         self.client_id = client_id
@@ -222,6 +224,7 @@ class KafkaTransport:
                 bootstrap_servers=self.bootstrap,
                 client_id=f"{self.client_id}-admin",
                 bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+                **self.options,
             )
         try:
             missing = [t for t in topics if t not in set(admin.list_topics())]
@@ -250,6 +253,7 @@ class _KafkaProducer:
                 max_request_size=16 * 1024 * 1024,
                 reconnect_backoff_max_ms=5000,
                 bootstrap_timeout_ms=t.bootstrap_timeout_ms,
+                **t.options,
             )
         self._pending: list = []
 
@@ -300,6 +304,7 @@ class _KafkaConsumer:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             reconnect_backoff_max_ms=5000,
             bootstrap_timeout_ms=t.bootstrap_timeout_ms,
+            **t.options,
         )
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
