@@ -38,6 +38,15 @@ def _start(*args: str, lock_dir) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, env=env)
 
 
+def _derived_id(lock_dir) -> str:
+    """The id a fresh worker process on this host derives (no PGR_INSTANCE_ID)."""
+    env = {**os.environ, "PGR_MEMBER_LOCKS": str(lock_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", WHO, "g"], capture_output=True, text=True, env=env, check=True
+    )
+    return out.stdout.strip()
+
+
 def test_default_ids_are_stable_per_host_and_distinct_per_process(tmp_path):
     from pgr.membership import static_instance_id
 
@@ -45,25 +54,11 @@ def test_default_ids_are_stable_per_host_and_distinct_per_process(tmp_path):
     holder = _start("-c", WHO + "; import time; time.sleep(120)", "g", lock_dir=tmp_path)
     holder_id = holder.stdout.readline().strip()
     try:
-        second = subprocess.run(
-            [sys.executable, "-c", WHO, "g"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PGR_MEMBER_LOCKS": str(tmp_path)},
-            check=True,
-        )
-        assert second.stdout.strip() != holder_id  # two workers on one host never share an id
+        assert _derived_id(tmp_path) != holder_id  # two workers on one host never share an id
     finally:
         holder.kill()
         holder.wait()
-    after = subprocess.run(
-        [sys.executable, "-c", WHO, "g"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PGR_MEMBER_LOCKS": str(tmp_path)},
-        check=True,
-    )
-    assert after.stdout.strip() == holder_id  # a restarted worker takes the id of the one that died
+    assert _derived_id(tmp_path) == holder_id  # a restarted worker takes the id of the one that died
     assert holder_id.endswith("-0") and holder_id.startswith(os.uname().nodename[:40])
 
 
