@@ -235,7 +235,10 @@ def _search(args) -> int:
 
 def format_hit(rank: int, h) -> str:
     """One result line: rank, score (and the per-granularity scores that made it), where and when."""
-    when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
+    try:
+        when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a row indexed before times were validated
+        when = f"{h.timestamp:g}"
     stages = "".join(
         f" {name} {value:.3f}"
         for name, value in (("ins", h.s_ins), ("part", h.s_part), ("px", h.s_pixel))

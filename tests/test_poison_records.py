@@ -142,3 +142,12 @@ def test_every_poison_is_refused_quickly():
 def test_valid_records_still_decode():
     assert decode_crop(_dump(crop_body())).detection == DET
     assert decode_feature(_dump(feature_body())).detection == DET
+
+
+def test_a_row_poisoned_before_validation_does_not_crash_search_output():
+    """Rows indexed before the decoders checked times (1e300) still print: the time is shown as a number."""
+    from matcher.index import IndexedDetection
+    from pgr.cli import format_hit
+
+    hit = IndexedDetection("c:1:t1", "c", 1e300, 1, 1, (0, 0, 1, 1), 0.9, "t.jpg", "m", 0.0, 0.0, score=0.5)
+    assert "time 1e+300" in format_hit(1, hit)
