@@ -56,6 +56,7 @@ def poisons(pets_video) -> tuple[list[bytes], list[bytes], bytes, bytes]:
         _raw(crop, detection_id="cam1:" + "9" * 251),  # file name too long for the file system
         _raw(crop, timestamp=1e300),  # crashed `pgr search` for every query that returned it
         _raw(crop)[:-1] + b',"extra":' + deep.encode() + b"}",  # RecursionError
+        b"\x00" * 900_000,  # as a dead letter (base64 in JSON) it was over the broker's size limit
     ]
     features = [
         _raw(feature)[:-1] + b',"extra2":' + deep.encode() + b"}",
@@ -72,6 +73,7 @@ def poisons(pets_video) -> tuple[list[bytes], list[bytes], bytes, bytes]:
             part_visibility=_arr(np.ones(5, bool)),
         ),
         _raw(feature, instance=_arr(np.zeros(1280, np.float32))),
+        b"\x00" * 900_000,
     ]
     valid_crop = encode_crop(_crop(pets_video, detection_id="cam1:1:t1"))
     valid_feature = _raw(feature, detection_id="cam1:2:t2")
@@ -134,6 +136,8 @@ def test_each_poison_is_dead_lettered_and_the_valid_records_are_indexed(
     letters = [json.loads(r) for r in topic_records(kafka_bootstrap, topics.dead_letter)]
     assert len(letters) == len(crops) + len(features)
     assert all(d["error"] and d["stage"] in {"reid", "matcher"} for d in letters)
+    big = [d for d in letters if d["payload_bytes"] == 900_000]
+    assert len(big) == 2 and all(d["payload_truncated"] for d in big)  # the whole is at its offset
 
     index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
     try:
