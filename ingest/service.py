@@ -8,8 +8,8 @@ import time
 
 from ingest.crops import crop_jpeg, keep_detection, padded_box
 from ingest.detector import PersonTracker
-from ingest.sources import read_frames
-from pgr.messages import CropRecord, Detection, detection_id, encode_crop
+from ingest.sources import is_live, read_frames
+from pgr.messages import CropRecord, Detection, detection_id, encode_crop, run_tag
 from pgr.metrics import PipelineMetrics
 from pgr.settings import CameraSettings, IngestSettings
 from pgr.transport import Producer
@@ -28,6 +28,7 @@ def run_camera(
     """Process one camera until its source ends (or `stop`); returns the number of crops published."""
     tracker = PersonTracker(cfg.detector_weights, cfg.tracker, cfg.conf, cfg.imgsz)
     published = 0
+    run = run_tag() if is_live(cam.source) else None  # live counters restart with every run
     frames = read_frames(cam, cfg.retry, metrics, stop)
     while True:
         t0 = time.perf_counter()
@@ -45,7 +46,7 @@ def run_camera(
                 continue
             box = padded_box(person.box, cfg.padding, w, h)
             det = Detection(
-                detection_id=detection_id(cam.id, frame.index, person.track_id, i),
+                detection_id=detection_id(cam.id, frame.index, person.track_id, i, run),
                 camera_id=cam.id,
                 timestamp=frame.timestamp,
                 frame_index=frame.index,

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pgr.images import BadImage, read_image
 from pgr.metrics import PipelineMetrics
 from pgr.settings import CameraSettings, RetrySettings
 
@@ -85,7 +86,10 @@ class _FolderSource:
         return self._next <= len(self.files)
 
     def retrieve(self) -> np.ndarray | None:
-        return cv2.imread(str(self.files[self._next - 1]), cv2.IMREAD_COLOR)
+        try:  # the header is checked before decoding: a bomb in the folder is a corrupt frame
+            return read_image(self.files[self._next - 1])
+        except BadImage:
+            return None
 
     def close(self) -> None:
         pass
@@ -134,10 +138,14 @@ def read_frames(
     index = -1  # index of the last frame taken from the source, kept across reconnects
     opened_at = time.monotonic()
     last_kept_at = -float("inf")
+    reconnect_delay = 0.0  # before reopening a live stream that ended: grows while connections stay short
     while not stop.is_set():
+        if reconnect_delay and stop.wait(reconnect_delay):
+            return
         src = _open_with_retry(cam, retry, metrics, stop)
         if src is None:
             return
+        connected_at = time.monotonic()
         native_fps = src.native_fps or cam.fps
         step = max(native_fps / cam.fps, 1.0)
         failures = 0
@@ -182,3 +190,13 @@ def read_frames(
             metrics.camera_up.labels(cam.id).set(0)
         if not live:
             return
+        reconnect_delay = _next_reconnect_delay(reconnect_delay, time.monotonic() - connected_at, retry)
+
+
+def _next_reconnect_delay(previous: float, lasted_s: float, retry: RetrySettings) -> float:
+    """How long to wait before reopening a live stream that ended: `initial_s` after a connection that lasted
+    (at least `max_s`, or 5 s), else double the last wait, up to `max_s`. A stream that opens and ends at
+    once (no frames, or one) is then reopened a few times a minute, not hundreds of times a second."""
+    if lasted_s >= max(retry.max_s, 5.0) or previous == 0.0:
+        return retry.initial_s
+    return min(previous * 2, retry.max_s)

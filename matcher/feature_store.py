@@ -38,6 +38,10 @@ class FeatureStore:
         }
         return write_atomically(self._path(camera_id, det_id), lambda tmp: np.savez(tmp, **arrays))
 
+    def remove(self, camera_id: str, det_id: str) -> None:
+        """Delete a detection's stored features (the index refused its row), if there are any."""
+        self._path(camera_id, det_id).unlink(missing_ok=True)
+
     def load(self, camera_id: str, det_id: str) -> CropFeatures | None:
         """The stored features of one detection, or None when there are none."""
         path = self._path(camera_id, det_id)

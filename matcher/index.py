@@ -6,20 +6,25 @@ an identical one, so the gallery never holds a detection twice.
 
 from __future__ import annotations
 
+import fcntl
 import logging
-import re
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
 
+from matcher.index_check import check_lite_manifests
+from pgr.errors import IndexMismatch, IndexUnavailable
 from pgr.messages import Detection
+from pgr.validation import is_camera_id
 
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
-_CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+UNAVAILABLE = 2  # pymilvus's code for a server it cannot reach: worth retrying, it may come back
 _OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model", "read_at", "indexed_at"]
 
 
@@ -55,17 +60,54 @@ class IndexRow:
 
 
 class DetectionIndex:
-    """A Milvus collection of detections. Open one writer per .db file (milvus-lite allows one process)."""
+    """A Milvus collection of detections. Open one writer per .db file (milvus-lite allows one process).
 
-    def __init__(self, uri: str, collection: str = "detections", retries: int = 5) -> None:
+    A writer passes `dim`, the configured model's vector size: a missing collection is created with it, an
+    existing one of another size is refused (IndexMismatch). A reader (search) passes nothing.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str = "detections",
+        retries: int = 5,
+        dim: int | None = None,
+        token: str | None = None,
+    ) -> None:
         self.uri, self.collection, self.retries = uri, collection, retries
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        self.client = self._retry("connect", lambda: MilvusClient(uri))
+            if Path(uri).is_dir():
+                check_lite_manifests(Path(uri))  # before milvus-lite drops what its manifest lost
+        try:
+            auth = {"token": token} if token else {}
+            self.client = self._retry("connect", lambda: MilvusClient(uri, **auth))
+            has = self.client.has_collection(collection)
+        except MilvusException as exc:
+            raise IndexUnavailable(self._why_unavailable(exc)) from None
         self.dim: int | None = None
-        if self.client.has_collection(collection):
+        if has:
             self.dim = self._existing_dim()
+            if dim is not None and dim != self.dim:
+                self.close()
+                raise IndexMismatch(
+                    f"index {uri} (collection {collection}) holds {self.dim}-d vectors, the configured model "
+                    f"makes {dim}-d ones: index into another collection or file, or configure the model it "
+                    "was built with"
+                )
             self.client.load_collection(collection)
+        elif dim is not None:
+            self._create(dim)
+
+    def _why_unavailable(self, exc: MilvusException) -> str:
+        if "://" in self.uri:
+            return f"cannot reach the Milvus server at {self.uri}: {exc.message}"
+        if _locked(Path(self.uri)):
+            return (
+                f"the milvus-lite index {self.uri} is locked by another process (a running matcher or "
+                "search): stop it, or serve the file with `milvus-lite server` and use its URI"
+            )
+        return f"cannot open the milvus-lite index {self.uri}: {exc.message or type(exc).__name__}"
 
     def _existing_dim(self) -> int:
         info = self.client.describe_collection(self.collection)
@@ -94,16 +136,36 @@ class DetectionIndex:
         self.client.load_collection(self.collection)
         self.dim = dim
 
-    def upsert(self, rows: list[IndexRow]) -> None:
-        """Write rows, replacing any with the same detection id."""
+    def upsert(self, rows: list[IndexRow]) -> dict[str, str]:
+        """Write rows, replacing any with the same detection id. Returns the rows the index refused (detection
+        id: reason), which are not written; raises IndexUnavailable when the index cannot be reached."""
+        if not rows:
+            return {}
+        if self.dim is None:
+            raise ValueError("the index has no collection yet: open it with the model's dim to write")
+        refused = {
+            r.detection.detection_id: f"vector of shape {r.instance.shape}, the index holds ({self.dim},)"
+            for r in rows
+            if r.instance.shape != (self.dim,)
+        }
+        rows = [r for r in rows if r.detection.detection_id not in refused]
+        try:
+            self._write(rows)
+        except MilvusException as exc:
+            if _transient(exc):
+                raise IndexUnavailable(f"Milvus upsert failed at {self.uri}: {exc.message}") from None
+            for r in rows:  # the server refused the batch: find the rows it refuses
+                try:
+                    self._write([r])
+                except MilvusException as one:
+                    if _transient(one):
+                        raise IndexUnavailable(f"Milvus upsert failed at {self.uri}: {one.message}") from None
+                    refused[r.detection.detection_id] = f"index refused the row: {one.message}"
+        return refused
+
+    def _write(self, rows: list[IndexRow]) -> None:
         if not rows:
             return
-        dim = rows[0].instance.shape[0]
-        if self.dim is None:
-            self._create(dim)
-        bad = [r.detection.detection_id for r in rows if r.instance.shape != (self.dim,)]
-        if bad:
-            raise ValueError(f"vectors of {bad[:3]} do not have the index dimension {self.dim}")
         now = time.time()
         data = [
             {
@@ -169,13 +231,14 @@ class DetectionIndex:
             raise ValueError(f"query vector has shape {vector.shape}, the index holds ({self.dim},)")
         filters = []
         if camera is not None:
-            if not _CAMERA_ID.match(camera):
+            if not is_camera_id(camera):
                 raise ValueError(f"bad camera id {camera!r}")
             filters.append(f'camera == "{camera}"')
-        if since is not None:
-            filters.append(f"ts >= {float(since)!r}")
-        if until is not None:
-            filters.append(f"ts <= {float(until)!r}")
+        for name, op, value in (("since", ">=", since), ("until", "<=", until)):
+            if value is not None:
+                if not math.isfinite(value):
+                    raise ValueError(f"{name} must be a finite time, got {value!r}")
+                filters.append(f"ts {op} {float(value)!r}")
         res = self._retry(
             "search",
             lambda: self.client.search(
@@ -199,16 +262,40 @@ class DetectionIndex:
             server_manager_instance.release_server(self.uri)
 
     def _retry(self, what: str, fn):
+        """Call `fn`, retrying only errors that may go away (a server that is down); others raise at once."""
         delay = 0.5
         for attempt in range(1, self.retries + 1):
             try:
                 return fn()
             except Exception as exc:  # pymilvus raises several types for a lost server
-                if attempt == self.retries:
+                if attempt == self.retries or not _transient(exc):
                     raise
                 log.warning("milvus %s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost or busy server, not a request it refuses (those fail the same way every time)."""
+    import grpc
+
+    if isinstance(exc, grpc.RpcError | ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, MilvusException) and (exc.code == UNAVAILABLE or getattr(exc, "_retriable", False))
+
+
+def _locked(db: Path) -> bool:
+    """Whether another process holds milvus-lite's lock on a .db folder."""
+    lock = db / "LOCK"
+    if not lock.is_file():
+        return False
+    with lock.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 def _to_detection(det_id: str, e: dict, score: float = float("nan")) -> IndexedDetection:

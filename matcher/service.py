@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex, IndexRow
 from matcher.thumbnails import ThumbnailStore
-from pgr.consume_loop import dead_letter
+from pgr.consume_loop import dead_letter, reason
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 
 log = logging.getLogger(__name__)
 STAGE = "matcher"
+# file-system errors caused by the record itself (its name), not by the disk
+_RECORD_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 
 
 class MatcherWorker:
-    """Writes a batch of feature messages to the index; idempotent on the detection id."""
+    """Writes a batch of feature messages to the index; idempotent on the detection id.
+
+    Records of another model than `model` (the configured one) or of another dimension than the index's are
+    dead-lettered, as is every record that fails to decode or that the index or the file system refuses; no
+    record can make `handle` raise. Only an index or a disk that cannot be written raises (nothing is then
+    committed, and the records come again).
+    """
 
     def __init__(
         self,
@@ -28,38 +37,61 @@ class MatcherWorker:
         producer: Producer,
         dead_letter_topic: str,
         metrics: PipelineMetrics,
+        model: str | None = None,
     ) -> None:
+        if index.dim is None:
+            raise ValueError("the matcher needs an index opened with the configured model's dim")
         self.index, self.thumbnails, self.features = index, thumbnails, features
-        self.producer, self.metrics = producer, metrics
+        self.producer, self.metrics, self.model = producer, metrics, model
         self.dead_letter_topic = dead_letter_topic
 
     def handle(self, messages: list[Message]) -> None:
         """Index the batch; returns after the index write (then the caller commits)."""
-        records: dict[str, FeatureRecord] = {}
+        records: dict[str, tuple[Message, FeatureRecord]] = {}
         for msg in messages:
             try:
-                rec = decode_feature(msg.value)
-                dim = self.index.dim or rec.instance.shape[0]
-                if rec.instance.shape[0] != dim:
-                    raise MalformedRecord(f"instance has {rec.instance.shape[0]} dims, the index holds {dim}")
-            except MalformedRecord as exc:
-                dead_letter(self.producer, self.dead_letter_topic, msg, STAGE, str(exc), self.metrics)
+                rec = self._accept(msg)
+            except Exception as exc:  # a record must never stop the worker
+                self._dead(msg, exc)
                 continue
-            records[rec.detection.detection_id] = rec  # a duplicate inside one batch keeps the last
+            records[rec.detection.detection_id] = (msg, rec)  # a duplicate inside one batch keeps the last
+        t0 = time.perf_counter()
+        rows = []
+        for msg, rec in list(records.values()):
+            det = rec.detection
+            try:
+                thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
+                self.features.save(det.camera_id, det.detection_id, rec.crop_features())
+            except (OSError, UnicodeError, ValueError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in _RECORD_ERRNOS:
+                    raise  # a full or read-only disk: not this record's fault
+                self._dead(msg, exc)
+                del records[det.detection_id]
+                continue
+            rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
+        for det_id, why in self.index.upsert(rows).items():
+            msg, rec = records.pop(det_id)
+            self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
+            self.features.remove(rec.detection.camera_id, det_id)
+            self._dead(msg, MalformedRecord(why))
         self.producer.flush()
         if not records:
             return
-        t0 = time.perf_counter()
-        rows = []
-        for rec in records.values():
-            det = rec.detection
-            thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
-            self.features.save(det.camera_id, det.detection_id, rec.crop_features())
-            rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
-        self.index.upsert(rows)
         now = time.time()
         self.metrics.stage_latency.labels("index").observe(time.perf_counter() - t0)
-        self.metrics.records_indexed.inc(len(rows))
-        for rec in records.values():
+        self.metrics.records_indexed.inc(len(records))
+        for _, rec in records.values():
             if rec.detection.read_at > 0:
                 self.metrics.end_to_end_latency.observe(now - rec.detection.read_at)
+
+    def _accept(self, msg: Message) -> FeatureRecord:
+        rec = decode_feature(msg.value)
+        if self.model is not None and rec.model != self.model:
+            raise MalformedRecord(f"features of model {rec.model!r}, this matcher indexes {self.model!r}")
+        if rec.instance.shape[0] != self.index.dim:
+            dims = rec.instance.shape[0]
+            raise MalformedRecord(f"instance has {dims} dims, the index holds {self.index.dim}")
+        return rec
+
+    def _dead(self, msg: Message, exc: BaseException) -> None:
+        dead_letter(self.producer, self.dead_letter_topic, msg, STAGE, reason(exc), self.metrics)

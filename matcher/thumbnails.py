@@ -21,3 +21,7 @@ class ThumbnailStore:
     def save(self, camera_id: str, det_id: str, jpeg: bytes) -> Path:
         """Write (or rewrite, identically, on redelivery) a thumbnail; returns its path."""
         return write_atomically(self.path_for(camera_id, det_id), lambda tmp: tmp.write_bytes(jpeg))
+
+    def remove(self, camera_id: str, det_id: str) -> None:
+        """Delete a detection's thumbnail (the index refused its row), if there is one."""
+        self.path_for(camera_id, det_id).unlink(missing_ok=True)

@@ -9,16 +9,24 @@ import threading
 import time
 from collections.abc import Callable
 
+from pgr.messages import MalformedRecord
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Consumer, Message, Producer
 
 log = logging.getLogger(__name__)
 
 
+# A dead letter carries the record whole up to this size: base64 in JSON, it then stays under the 1 MB a
+# broker accepts by default. A larger record keeps its first bytes; the whole is at its offset in the
+# source topic (for the topic's retention).
+DEAD_LETTER_PAYLOAD_BYTES = 256 * 1024
+
+
 def dead_letter(
     producer: Producer, topic: str, msg: Message, stage: str, error: str, metrics: PipelineMetrics
 ) -> None:
     """Send a record that cannot be processed, with where it came from and why, to the dead-letter topic."""
+    value = msg.value or b""
     body = {
         "stage": stage,
         "error": error[:2000],
@@ -26,11 +34,20 @@ def dead_letter(
         "partition": msg.partition,
         "offset": msg.offset,
         "failed_at": time.time(),
-        "payload": base64.b64encode(msg.value or b"").decode("ascii"),
+        "payload": base64.b64encode(value[:DEAD_LETTER_PAYLOAD_BYTES]).decode("ascii"),
+        "payload_bytes": len(value),
+        "payload_truncated": len(value) > DEAD_LETTER_PAYLOAD_BYTES,
     }
-    producer.send(topic, json.dumps(body).encode(), key=msg.key)
+    producer.send(topic, json.dumps(body).encode(), key=msg.key[:256] if msg.key else None)
     metrics.dead_lettered.labels(stage).inc()
     log.warning("%s: dead-lettered %s[%d]@%d: %s", stage, msg.topic, msg.partition, msg.offset, error[:200])
+
+
+def reason(exc: BaseException) -> str:
+    """The dead-letter reason for an exception raised by one record: its message, and its type unless the
+    decoder raised it (a MalformedRecord message says all)."""
+    text = str(exc) or repr(exc)
+    return text if isinstance(exc, MalformedRecord) else f"{type(exc).__name__}: {text}"
 
 
 def consume_loop(

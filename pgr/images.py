@@ -1,14 +1,25 @@
-"""Decoding images that arrive from outside a stage: crop JPEGs and operator uploads."""
+"""Decoding images that arrive from outside a stage: crop JPEGs and operator uploads.
+
+The size an image declares is read from its header (Pillow reads headers without decoding) and checked
+before any pixel is decoded: a 600-byte file may declare 30000 x 30000 pixels and take gigabytes to decode.
+OpenCV is told the same limit (it reads OPENCV_IO_MAX_IMAGE_PIXELS when it is first imported, so this holds
+where this module is imported first) and its errors are BadImage too.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_PIXELS = 4096 * 4096  # a person crop of an 8K frame, a 16-megapixel upload
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))  # read at OpenCV's first decode
+import cv2  # noqa: E402  (after the limit it reads)
+from PIL import Image  # noqa: E402
 
 
 class BadImage(ValueError):
@@ -21,12 +32,34 @@ def decode_image(data: bytes) -> np.ndarray:
         raise BadImage(f"image of {len(data)} bytes exceeds the {MAX_IMAGE_BYTES}-byte limit")
     if not data:
         raise BadImage("empty image")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    check_declared_size(data)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own pixel limit, a corrupt stream
+        raise BadImage(f"not a decodable image: {str(exc).strip().splitlines()[-1][:200]}") from None
     if image is None or image.size == 0:
         raise BadImage("not a decodable image")
     if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
         raise BadImage(f"image of {image.shape[1]}x{image.shape[0]} pixels is too large")
     return image
+
+
+def check_declared_size(data: bytes) -> None:
+    """Raise BadImage when the header declares more than MAX_IMAGE_PIXELS, without decoding any pixel, or
+    when Pillow cannot read the header: a format whose size cannot be checked first is not decoded at all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+        except Image.DecompressionBombError as exc:  # over Pillow's own limit, far above ours
+            raise BadImage(f"image exceeds the {MAX_IMAGE_PIXELS}-pixel limit: {exc}") from None
+        except Exception:  # Pillow raises many kinds for headers it cannot read
+            raise BadImage(
+                "not an image format this system reads (JPEG, PNG, BMP, WebP, TIFF, ...)"
+            ) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadImage(f"image of {width}x{height} pixels exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
 
 
 def read_image(path: str | Path) -> np.ndarray:

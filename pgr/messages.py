@@ -11,10 +11,25 @@ import base64
 import binascii
 import json
 import math
+import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pgr.validation import (
+    MAX_ARRAY_DIMS,
+    MAX_ARRAY_ELEMENTS,
+    MAX_FRAME_SIDE,
+    is_camera_id,
+    is_detection_id,
+    is_int64,
+    is_model_name,
+    json_depth_within,
+    plausible_time,
+    strings_encodable,
+)
 
 SCHEMA_VERSION = 1
 CROP_KIND = "pgr.crop"
@@ -28,10 +43,19 @@ class MalformedRecord(ValueError):
     """A record that cannot be decoded or fails validation; it goes to the dead-letter topic."""
 
 
-def detection_id(camera_id: str, frame_index: int, track_id: int, index_in_frame: int) -> str:
-    """The stable id of one detection: the same video gives the same ids, so redelivery is idempotent."""
+def detection_id(
+    camera_id: str, frame_index: int, track_id: int, index_in_frame: int, run: str | None = None
+) -> str:
+    """The stable id of one detection: the same video gives the same ids, so redelivery and re-ingesting a
+    file are idempotent. A live source's frame and track counters restart with every ingest run, so its ids
+    carry the run (`run`), and a restarted camera never overwrites what an earlier run indexed."""
     who = f"t{track_id}" if track_id >= 0 else f"d{index_in_frame}"
-    return f"{camera_id}:{frame_index}:{who}"
+    return f"{camera_id}:{run}:{frame_index}:{who}" if run else f"{camera_id}:{frame_index}:{who}"
+
+
+def run_tag() -> str:
+    """A tag unique to one ingest run of a live source: its start in milliseconds and 16 random bits."""
+    return f"r{int(time.time() * 1000):x}{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -60,12 +84,19 @@ class Detection:
     read_at: float = 0.0  # wall-clock time the frame was decoded: for end-to-end latency
 
     def __post_init__(self) -> None:
-        _require(_is_number(self.read_at) and math.isfinite(self.read_at), "bad read_at")
-        _require(isinstance(self.detection_id, str) and 0 < len(self.detection_id) <= 256, "bad detection_id")
-        _require(isinstance(self.camera_id, str) and 0 < len(self.camera_id) <= 128, "bad camera_id")
-        _require(_is_number(self.timestamp) and math.isfinite(self.timestamp), "bad timestamp")
-        _require(_is_int(self.frame_index) and self.frame_index >= 0, "bad frame_index")
-        _require(_is_int(self.track_id) and self.track_id >= -1, "bad track_id")
+        _require(
+            self.read_at == 0.0 or plausible_time(self.read_at),
+            "bad read_at: not a unix time up to a year ahead",
+        )
+        _require(
+            is_detection_id(self.detection_id), "bad detection_id: want 1-200 of A-Z a-z 0-9 _ . : @ + -"
+        )
+        _require(is_camera_id(self.camera_id), "bad camera_id: want 1-64 of A-Z a-z 0-9 _ . -")
+        _require(
+            plausible_time(self.timestamp), "bad timestamp: not a unix time between 1970 and a year ahead"
+        )
+        _require(is_int64(self.frame_index) and self.frame_index >= 0, "bad frame_index")
+        _require(is_int64(self.track_id) and self.track_id >= -1, "bad track_id")
         _require(
             isinstance(self.box, tuple) and len(self.box) == 4 and all(_is_number(v) for v in self.box),
             "box must be four numbers",
@@ -73,6 +104,10 @@ class Detection:
         x1, y1, x2, y2 = self.box
         _require(
             all(math.isfinite(v) for v in self.box) and x2 > x1 and y2 > y1, "box must have x2>x1, y2>y1"
+        )
+        _require(
+            all(0 <= v <= MAX_FRAME_SIDE for v in self.box),
+            f"box must lie in the frame (0..{MAX_FRAME_SIDE})",
         )
         _require(_is_number(self.score) and 0.0 <= self.score <= 1.0, "score must be in [0, 1]")
 
@@ -136,10 +171,21 @@ class FeatureRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.model, str) and self.model != "", "model must be named")
+        _require(is_model_name(self.model), "model must be named (printable, at most 128 characters)")
         inst = self.instance
         _require(isinstance(inst, np.ndarray) and inst.ndim == 1 and inst.size > 0, "instance must be (d,)")
         _require(bool(np.all(np.isfinite(inst))), "instance has non-finite values")
+        _require(float(np.linalg.norm(inst.astype(np.float64))) > 1e-6, "instance is a zero vector")
+        for name in ("parts", "pixels"):
+            value = getattr(self, name)
+            _require(value is None or bool(np.all(np.isfinite(value))), f"{name} have non-finite values")
+        _require(
+            self.part_visibility is None or self.part_visibility.dtype == np.bool_,
+            "part_visibility must be bool",
+        )
+        _require(
+            self.pixel_coords is None or bool(np.all(self.pixel_coords >= 0)), "pixel_coords must be >= 0"
+        )
         _require(isinstance(self.jpeg, bytes) and self.jpeg.startswith(JPEG_MAGIC), "jpeg is not a JPEG")
         d = inst.shape[0]
         if self.parts is not None:
@@ -222,7 +268,11 @@ def _load(raw: bytes, kind: str) -> dict[str, Any]:
         d = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedRecord(f"not JSON: {exc}") from exc
+    except RecursionError:
+        raise MalformedRecord("JSON nested too deeply") from None
     _require(isinstance(d, dict), "record is not a JSON object")
+    _require(json_depth_within(d), "JSON nested too deeply")
+    _require(strings_encodable(d), "a string cannot be encoded as UTF-8 (lone surrogate)")
     _require(d.get("kind") == kind, f"expected kind {kind!r}, got {d.get('kind')!r}")
     _require(d.get("version") == SCHEMA_VERSION, f"unsupported version {d.get('version')!r}")
     return d
@@ -237,9 +287,15 @@ def _array_in(d: Any) -> np.ndarray:
     _require(isinstance(d, dict), "array must be an object")
     dtype, shape = d.get("dtype"), d.get("shape")
     _require(dtype in _ARRAY_DTYPES, f"unsupported dtype {dtype!r}")
-    _require(isinstance(shape, list) and all(_is_int(s) and s >= 0 for s in shape), "bad array shape")
+    _require(
+        isinstance(shape, list)
+        and len(shape) <= MAX_ARRAY_DIMS
+        and all(_is_int(s) and 0 <= s <= MAX_ARRAY_ELEMENTS for s in shape)
+        and math.prod(shape) <= MAX_ARRAY_ELEMENTS,
+        f"bad array shape {str(shape)[:40]}: at most {MAX_ARRAY_DIMS} dims of {MAX_ARRAY_ELEMENTS} elements",
+    )
     data = _unb64(d.get("data"))
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
     _require(len(data) == expected, f"array data has {len(data)} bytes, shape needs {expected}")
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from pgr.errors import PortInUse, Unavailable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -54,6 +58,15 @@ class PipelineMetrics:
         )
 
     def serve(self, host: str, port: int) -> int:
-        """Serve /metrics; returns the bound port (port 0 picks a free one)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        """Serve /metrics; returns the bound port (port 0 picks a free one). Raises PortInUse (one line)
+        when the port is taken, Unavailable when the host cannot be bound."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            where = f"metrics port {port} on {host}"
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"{where} is in use: set metrics.port (PGR_METRICS_PORT), 0 picks one"
+                ) from None
+            raise Unavailable(f"cannot serve {where}: {exc.strerror} (metrics.host, metrics.port)") from None
         return server.server_address[1]

@@ -18,10 +18,19 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pgr.model_files import require_model_file
 from pgr.paths import SHIPPED_WEIGHTS
+from pgr.validation import is_camera_id
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -57,7 +66,7 @@ class RetrySettings(StrictModel):
 
 
 class CameraSettings(StrictModel):
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(min_length=1, max_length=64, description="1-64 of A-Z a-z 0-9 _ . - (not . or ..)")
     source: str = Field(
         min_length=1, description="video file, rtsp:// or http:// URL, webcam index, image folder"
     )
@@ -67,6 +76,13 @@ class CameraSettings(StrictModel):
     realtime: bool = Field(
         False, description="pace a file source at its native frame rate, like a live camera"
     )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not is_camera_id(v):
+            raise ValueError(f"camera id {v!r}: want 1-64 of A-Z a-z 0-9 _ . - (not . or ..)")
+        return v
 
     @field_validator("source")
     @classmethod
@@ -108,7 +124,9 @@ class ReidSettings(StrictModel):
         description="a trained PGR checkpoint (default: the shipped one); null: untrained part classifier",
     )
     pixel_dim: int | None = Field(64, ge=8, description="stored pixel feature size (fixed projection)")
-    device: str = "auto"
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N], mps"
+    )
     batch_size: int = Field(16, ge=1, le=1024)
 
     @model_validator(mode="after")
@@ -128,6 +146,15 @@ class MatcherSettings(StrictModel):
     milvus_uri: str
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
+    milvus_token: SecretStr | None = Field(
+        None, description="user:password of a Milvus server with authentication on (PGR_MILVUS_TOKEN)"
+    )
+
+    @field_validator("milvus_token", mode="before")
+    @classmethod
+    def _no_token(cls, v):
+        return v or None  # an unset ${VAR:-} in the YAML
+
     features_dir: Path | None = Field(
         None, description="part/pixel feature store (default: beside thumbnails)"
     )
@@ -140,6 +167,12 @@ class MatcherSettings(StrictModel):
         "isp",
         description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )
+
+    @model_validator(mode="after")
+    def _token_needs_server(self) -> MatcherSettings:
+        if self.milvus_token is not None and "://" not in self.milvus_uri:
+            raise ValueError("milvus_token needs a Milvus server URI (milvus-lite files have no users)")
+        return self
 
     @property
     def feature_store_dir(self) -> Path:
@@ -164,12 +197,38 @@ class TopicSettings(StrictModel):
     dead_letter: str = "pgr.deadletter"
 
 
+class KafkaSecurity(StrictModel):
+    """How the Kafka clients authenticate and encrypt (README: Security). PLAINTEXT: neither."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = Field(None, description="CA bundle that signed the brokers' certificates")
+
+    @field_validator("sasl_mechanism", "username", "password", "ca_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return v or None  # an unset ${VAR:-} in the YAML
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecurity:
+        if self.protocol.startswith("SASL") and not (self.sasl_mechanism and self.username and self.password):
+            raise ValueError(f"protocol {self.protocol} needs sasl_mechanism, username and password")
+        return self
+
+
 class TransportSettings(StrictModel):
     kind: Literal["inprocess", "kafka"] = "inprocess"
     bootstrap: str | None = None
     group_prefix: str = "pgr"
     session_timeout_ms: int = Field(10000, ge=1000)
     partitions: int = Field(4, ge=1, description="partitions of topics this system creates")
+    security: KafkaSecurity = KafkaSecurity()
+    queue_records: int = Field(
+        256, ge=1, description="embedded bus: uncommitted records a topic holds before producers wait"
+    )
+    connect_timeout_s: float = Field(30.0, gt=0, description="how long to wait for a broker at start")
     instance_id: str | None = Field(
         None,
         description="static group membership: a restarted service with the same id takes its place at once",
@@ -248,6 +307,11 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     ]:
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = str(_rel(base, raw[section][key]))
+    security = (
+        (raw.get("transport") or {}).get("security") if isinstance(raw.get("transport"), dict) else None
+    )
+    if isinstance(security, dict) and isinstance(security.get("ca_file"), str):
+        security["ca_file"] = str(_rel(base, security["ca_file"]))
     if isinstance(raw.get("matcher"), dict):
         uri = raw["matcher"].get("milvus_uri")
         if isinstance(uri, str) and "://" not in uri:

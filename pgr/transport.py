@@ -15,6 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
+from pgr.errors import BrokerUnavailable
+from pgr.membership import release_instance_id, static_instance_id
+
 log = logging.getLogger(__name__)
 
 
@@ -47,14 +50,22 @@ class Transport(Protocol):
 
 
 class InProcessBus:
-    """Topics as append-only in-memory logs with consumer-group offsets, for one process.
+    """Topics as in-memory logs with consumer-group offsets, for one process.
 
     It mirrors Kafka's semantics where the pipeline depends on them: a group resumes from its committed
-    offset, records polled but not committed are delivered again to the group's next consumer.
+    offset, records polled but not committed are delivered again to the group's next consumer. Unlike Kafka
+    it keeps only what some group still needs, and it is bounded: a topic read by groups holds at most
+    `capacity` records that its slowest group has not committed, and `send` waits (back-pressure) until that
+    group commits, or until `stop` is set (then it keeps the record and goes on, so a stopping pipeline never
+    deadlocks). Records every group has committed are released. A topic no group reads (the dead letters)
+    keeps everything, for `records`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 256, stop: threading.Event | None = None) -> None:
+        self.capacity, self._stop = capacity, stop
         self._logs: dict[str, list[Message]] = defaultdict(list)
+        self._base: dict[str, int] = defaultdict(int)  # offset of the first record still held
+        self._groups: dict[str, set[str]] = defaultdict(set)
         self._committed: dict[tuple[str, str], int] = defaultdict(int)
         self._cond = threading.Condition()
 
@@ -66,19 +77,48 @@ class InProcessBus:
 
     def append(self, topic: str, value: bytes, key: bytes | None) -> None:
         with self._cond:
+            while self._full(topic) and not (self._stop is not None and self._stop.is_set()):
+                self._cond.wait(0.2)
             log_ = self._logs[topic]
-            log_.append(Message(topic, 0, len(log_), key, value))
+            log_.append(Message(topic, 0, self._end(topic), key, value))
             self._cond.notify_all()
 
     def records(self, topic: str) -> list[Message]:
-        """Everything ever sent to a topic (tests and the demo read the dead-letter topic this way)."""
+        """The records of a topic still held: all of them for a topic no group reads (tests and the demo
+        read the dead-letter topic this way), the uncommitted ones otherwise."""
         with self._cond:
             return list(self._logs[topic])
 
     def lag(self, topic: str, group: str) -> int:
         """Records in the topic that the group has not committed yet."""
         with self._cond:
-            return len(self._logs[topic]) - self._committed[(group, topic)]
+            return self._end(topic) - max(self._committed[(group, topic)], 0)
+
+    def _end(self, topic: str) -> int:
+        return self._base[topic] + len(self._logs[topic])
+
+    def _slowest(self, topic: str) -> int:
+        return min(self._committed[(g, topic)] for g in self._groups[topic])
+
+    def _full(self, topic: str) -> bool:
+        return bool(self._groups[topic]) and self._end(topic) - self._slowest(topic) >= self.capacity
+
+    def _join(self, topic: str, group: str) -> int:
+        """Register a group on a topic; returns where it resumes (a group new to the topic starts at the
+        oldest record still held)."""
+        key = (group, topic)
+        if group not in self._groups[topic]:
+            self._groups[topic].add(group)
+            self._committed[key] = max(self._committed[key], self._base[topic])
+        return self._committed[key]
+
+    def _commit(self, topic: str, group: str, position: int) -> None:
+        self._committed[(group, topic)] = position
+        release = self._slowest(topic) - self._base[topic]
+        if release > 0:
+            del self._logs[topic][:release]
+            self._base[topic] += release
+        self._cond.notify_all()
 
 
 class _BusProducer:
@@ -99,17 +139,17 @@ class _BusConsumer:
     def __init__(self, bus: InProcessBus, topics: list[str], group: str) -> None:
         self._bus, self._topics, self._group = bus, topics, group
         with bus._cond:
-            self._position = {t: bus._committed[(group, t)] for t in topics}
+            self._position = {t: bus._join(t, group) for t in topics}
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         deadline = time.monotonic() + timeout_s
-        with self._bus._cond:
+        bus = self._bus
+        with bus._cond:
             while True:
                 out: list[Message] = []
                 for t in self._topics:
-                    pending = self._bus._logs[t][
-                        self._position[t] : self._position[t] + max_records - len(out)
-                    ]
+                    start = self._position[t] - bus._base[t]
+                    pending = bus._logs[t][start : start + max_records - len(out)]
                     out.extend(pending)
                     self._position[t] += len(pending)
                 if out:
@@ -117,19 +157,35 @@ class _BusConsumer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                self._bus._cond.wait(remaining)
+                bus._cond.wait(remaining)
 
     def commit(self) -> None:
         with self._bus._cond:
             for t, pos in self._position.items():
-                self._bus._committed[(self._group, t)] = pos
+                self._bus._commit(t, self._group, pos)
 
     def close(self) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _reaching(bootstrap: str):
+    """Turn "no broker answered" into one BrokerUnavailable line naming the servers."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    try:
+        yield
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}): check transport.bootstrap "
+            "(PGR_KAFKA_BOOTSTRAP) and that the broker is up"
+        ) from None
+
+
 class KafkaTransport:
-    """Kafka through kafka-python; offsets are committed by hand after the downstream write."""
+    """Kafka through kafka-python; offsets are committed by hand after the downstream write.
+
+    A broker that does not answer within `connect_timeout_s` at start raises BrokerUnavailable."""
 
     def __init__(
         self,
@@ -138,8 +194,12 @@ class KafkaTransport:
         session_timeout_ms: int = 10000,
         partitions: int = 4,
         instance_id: str | None = None,
+        connect_timeout_s: float = 30.0,
+        options: dict[str, str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.options = options or {}  # security: SASL/TLS (pgr.app.pipeline.kafka_client_options)
+        self.bootstrap_timeout_ms = int(connect_timeout_s * 1000)
         self.instance_id = instance_id
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
@@ -159,7 +219,13 @@ class KafkaTransport:
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+        with _reaching(self.bootstrap):
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"{self.client_id}-admin",
+                bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+                **self.options,
+            )
         try:
             missing = [t for t in topics if t not in set(admin.list_topics())]
             if missing:
@@ -178,14 +244,17 @@ class _KafkaProducer:
     def __init__(self, t: KafkaTransport) -> None:
         from kafka import KafkaProducer
 
-        self._p = KafkaProducer(
-            bootstrap_servers=t.bootstrap,
-            client_id=t.client_id,
-            acks="all",
-            delivery_timeout_ms=120_000,
-            max_request_size=16 * 1024 * 1024,
-            reconnect_backoff_max_ms=5000,
-        )
+        with _reaching(t.bootstrap):
+            self._p = KafkaProducer(
+                bootstrap_servers=t.bootstrap,
+                client_id=t.client_id,
+                acks="all",
+                delivery_timeout_ms=120_000,
+                max_request_size=16 * 1024 * 1024,
+                reconnect_backoff_max_ms=5000,
+                bootstrap_timeout_ms=t.bootstrap_timeout_ms,
+                **t.options,
+            )
         self._pending: list = []
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
@@ -211,14 +280,21 @@ class _KafkaProducer:
 
 class _KafkaConsumer:
     def __init__(self, t: KafkaTransport, topics: list[str], group: str) -> None:
+        self._group = group
+        self.instance_id = static_instance_id(group, t.instance_id)  # static membership, always
+        with _reaching(t.bootstrap):
+            self._c = self._connect(t, topics, group, self.instance_id)
+
+    @staticmethod
+    def _connect(t: KafkaTransport, topics: list[str], group: str, instance_id: str):
         from kafka import KafkaConsumer
 
-        self._c = KafkaConsumer(
+        return KafkaConsumer(
             *topics,
             bootstrap_servers=t.bootstrap,
             client_id=t.client_id,
             group_id=group,
-            group_instance_id=t.instance_id,
+            group_instance_id=instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=t.session_timeout_ms,
@@ -227,6 +303,8 @@ class _KafkaConsumer:
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
             reconnect_backoff_max_ms=5000,
+            bootstrap_timeout_ms=t.bootstrap_timeout_ms,
+            **t.options,
         )
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
@@ -255,3 +333,4 @@ class _KafkaConsumer:
 
     def close(self) -> None:
         self._c.close(autocommit=False)
+        release_instance_id(self._group, self.instance_id)

@@ -37,7 +37,14 @@ def pick_device(requested: str = "auto") -> torch.device:
     """'auto' takes the GPU when one is present, else the CPU."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"reid.device {requested}: no such CUDA device ({count} available)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"reid.device {requested}: MPS is not available here")
+    return device
 
 
 def crops_to_tensor(crops: list[np.ndarray], size: tuple[int, int], device: torch.device) -> torch.Tensor:

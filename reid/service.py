@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from pgr.consume_loop import dead_letter
-from pgr.images import BadImage, decode_image
-from pgr.messages import CropRecord, FeatureRecord, MalformedRecord, decode_crop, encode_feature
+import numpy as np
+
+from pgr.consume_loop import dead_letter, reason
+from pgr.images import decode_image
+from pgr.messages import CropFeatures, CropRecord, FeatureRecord, decode_crop, encode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 from reid.extractor import FeatureExtractor
@@ -31,35 +33,60 @@ class ReidWorker:
         self.features_topic, self.dead_letter_topic = features_topic, dead_letter_topic
 
     def handle(self, messages: list[Message]) -> None:
-        """Extract and publish; returns once every output is flushed (then the caller commits)."""
-        crops: list[CropRecord] = []
-        images = []
+        """Extract and publish; returns once every output is flushed (then the caller commits).
+
+        No record can make this raise: one that fails to decode, extract or encode is dead-lettered with the
+        reason. Only a producer that cannot deliver (the broker) raises, and then nothing is committed.
+        """
+        good: list[tuple[Message, CropRecord, np.ndarray]] = []
         for msg in messages:
             try:
                 rec = decode_crop(msg.value)
-                image = decode_image(rec.jpeg)
-            except (MalformedRecord, BadImage) as exc:
-                dead_letter(self.producer, self.dead_letter_topic, msg, STAGE, str(exc), self.metrics)
-                continue
-            crops.append(rec)
-            images.append(image)
-        if crops:
+                good.append((msg, rec, decode_image(rec.jpeg)))
+            except Exception as exc:  # a record must never stop the worker
+                self._dead(msg, exc)
+        if good:
             t0 = time.perf_counter()
-            features = self.extractor.extract(images)
+            features = self._extract(good)
             self.metrics.stage_latency.labels("extract").observe(time.perf_counter() - t0)
-            for rec, f in zip(crops, features, strict=True):
-                out = FeatureRecord(
-                    detection=rec.detection,
-                    model=self.extractor.name,
-                    instance=f.instance,
-                    jpeg=rec.jpeg,
-                    parts=f.parts,
-                    part_visibility=f.part_visibility,
-                    pixels=f.pixels,
-                    pixel_coords=f.pixel_coords,
-                )
-                self.producer.send(
-                    self.features_topic, encode_feature(out), key=rec.detection.camera_id.encode()
-                )
-            self.metrics.features_extracted.inc(len(crops))
+            for (msg, rec, _), f in zip(good, features, strict=True):
+                if f is not None:
+                    self._publish(msg, rec, f)
         self.producer.flush()
+
+    def _extract(self, good: list[tuple[Message, CropRecord, np.ndarray]]) -> list[CropFeatures | None]:
+        """Features for the batch; if the batch fails, crop by crop, dead-lettering the crops that fail."""
+        try:
+            return self.extractor.extract([image for _, _, image in good])
+        except Exception:  # find the crop that broke the batch
+            log.warning("extraction of a batch of %d failed; retrying crop by crop", len(good))
+        out: list[CropFeatures | None] = []
+        for msg, _, image in good:
+            try:
+                out.append(self.extractor.extract([image])[0])
+            except Exception as exc:
+                self._dead(msg, exc)
+                out.append(None)
+        return out
+
+    def _publish(self, msg: Message, rec: CropRecord, f: CropFeatures) -> None:
+        try:
+            out = FeatureRecord(
+                detection=rec.detection,
+                model=self.extractor.name,
+                instance=f.instance,
+                jpeg=rec.jpeg,
+                parts=f.parts,
+                part_visibility=f.part_visibility,
+                pixels=f.pixels,
+                pixel_coords=f.pixel_coords,
+            )
+            value, key = encode_feature(out), rec.detection.camera_id.encode()
+        except Exception as exc:  # e.g. the model produced non-finite features
+            self._dead(msg, exc)
+            return
+        self.producer.send(self.features_topic, value, key=key)
+        self.metrics.features_extracted.inc()
+
+    def _dead(self, msg: Message, exc: BaseException) -> None:
+        dead_letter(self.producer, self.dead_letter_topic, msg, STAGE, reason(exc), self.metrics)

@@ -38,6 +38,7 @@ def test_missing_model_file_names_where_it_looked(write_config, tmp_path):
         ({"transport": {"kind": "kafka"}}, "bootstrap is required"),
         ({"metrics": {"port": 70000}}, "metrics.port"),
         ({"cameras": [{"id": "a b", "source": "x.mp4"}]}, "cameras.0.id"),
+        ({"cameras": [{"id": "..", "source": "x.mp4"}]}, "cameras.0.id"),
         ({"cameras": [{"id": "a", "source": "gopher://x"}]}, "unsupported camera URL scheme"),
         ({"cameras": [{"id": "a", "source": "1"}, {"id": "a", "source": "2"}]}, "unique"),
         ({"reid": {"model": "imagenet-gap", "backbone": "resnet50"}}, "needs backbone mobilenetv2"),

@@ -69,7 +69,7 @@ def test_uncommitted_records_are_redelivered_and_indexed_once(write_config, crop
     consume_loop(bus.consumer(["crops"], "reid"), reid.handle, threading.Event(), done)
 
     uri = str(tmp_path / "idx.db")
-    index = DetectionIndex(uri)
+    index = DetectionIndex(uri, dim=1280)
     matcher = MatcherWorker(
         index, ThumbnailStore(tmp_path / "t"), FeatureStore(tmp_path / "f"), producer, "dlq", metrics
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from pgr.errors import Unavailable
 from pgr.images import BadImage
 from pgr.model_files import ModelFileMissing
 from pgr.paths import CONFIGS
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ModelFileMissing, BadImage, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # a broker, an index or a port: not the command line's fault
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def parse_time(value: str | None) -> float | None:
@@ -77,13 +82,15 @@ def parse_time(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
+        try:
+            t = datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601") from None
+    if not math.isfinite(t):
+        raise ValueError(f"bad time {value!r}: use unix seconds or ISO-8601")
+    return t
 
 
 def _stop_on_signals() -> threading.Event:
@@ -186,15 +193,20 @@ def _demo(args) -> int:
 def _search(args) -> int:
     from matcher.feature_store import FeatureStore
     from matcher.index import DetectionIndex
+    from matcher.index_check import check_rows_against_files
     from matcher.search import search_image
-    from pgr.app.pipeline import build_extractor
+    from pgr.app.pipeline import build_extractor, milvus_token
     from reid.retrieval import RetrievalParams
 
     settings = load_settings(args.config)
     if args.top < 1 or args.top > 1000:
         raise ValueError("--top must be between 1 and 1000")
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    since, until = parse_time(args.since), parse_time(args.until)
+    index = DetectionIndex(
+        settings.matcher.milvus_uri, settings.matcher.collection, token=milvus_token(settings)
+    )
     try:
+        check_rows_against_files(index, settings.matcher.thumbnails_dir, slack=settings.matcher.batch_size)
         hits = search_image(
             index,
             build_extractor(settings.reid),
@@ -203,8 +215,8 @@ def _search(args) -> int:
             params=RetrievalParams.from_settings(settings.matcher),
             top_k=args.top,
             camera=args.camera,
-            since=parse_time(args.since),
-            until=parse_time(args.until),
+            since=since,
+            until=until,
         )
     finally:
         index.close()
@@ -217,7 +229,10 @@ def _search(args) -> int:
 
 def format_hit(rank: int, h) -> str:
     """One result line: rank, score (and the per-granularity scores that made it), where and when."""
-    when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
+    try:
+        when = datetime.fromtimestamp(h.timestamp).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a row indexed before times were validated
+        when = f"{h.timestamp:g}"
     stages = "".join(
         f" {name} {value:.3f}"
         for name, value in (("ins", h.s_ins), ("part", h.s_part), ("px", h.s_pixel))

@@ -7,19 +7,44 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ingest.service import run_ingest
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex
+from matcher.index_check import check_rows_against_files
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from pgr.consume_loop import consume_loop
 from pgr.metrics import PipelineMetrics
-from pgr.settings import ReidSettings, Settings
+from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
 from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
 from reid.service import ReidWorker
 
 log = logging.getLogger(__name__)
+
+
+def kafka_client_options(t: TransportSettings) -> dict[str, str]:
+    """The kafka-python options for `transport.security` (empty for PLAINTEXT)."""
+    sec, options = t.security, {}
+    if sec.protocol != "PLAINTEXT":
+        options["security_protocol"] = sec.protocol
+    if sec.sasl_mechanism:
+        options["sasl_mechanism"] = sec.sasl_mechanism
+    if sec.username:
+        options["sasl_plain_username"] = sec.username
+    if sec.password:
+        options["sasl_plain_password"] = sec.password.get_secret_value()
+    if sec.ca_file:
+        options["ssl_cafile"] = str(sec.ca_file)
+    return options
+
+
+def milvus_token(settings: Settings) -> str | None:
+    """The Milvus user:password, when the config names one."""
+    token = settings.matcher.milvus_token
+    return token.get_secret_value() if token is not None else None
 
 
 def build_transport(settings: Settings) -> Transport:
@@ -31,8 +56,10 @@ def build_transport(settings: Settings) -> Transport:
             session_timeout_ms=t.session_timeout_ms,
             partitions=t.partitions,
             instance_id=t.instance_id,
+            connect_timeout_s=t.connect_timeout_s,
+            options=kafka_client_options(t),
         )
-    return InProcessBus()
+    return InProcessBus(capacity=t.queue_records)
 
 
 def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
@@ -55,6 +82,13 @@ def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
         pixel_dim=cfg.pixel_dim,
         batch_size=cfg.batch_size,
     )
+
+
+def model_signature(extractor: FeatureExtractor, cfg: ReidSettings) -> tuple[str, int]:
+    """The model name and instance dimension the extractor puts in feature records (one blank crop through
+    it): what the matcher indexes, whatever record comes first."""
+    blank = np.zeros((cfg.input_height, cfg.input_width, 3), np.uint8)
+    return extractor.name, int(extractor.extract([blank])[0].instance.shape[0])
 
 
 def group(settings: Settings, stage: str) -> str:
@@ -97,10 +131,18 @@ def run_matcher_stage(
     metrics: PipelineMetrics,
     stop: threading.Event,
     upstream_done: threading.Event | None = None,
+    extractor: FeatureExtractor | None = None,
 ) -> None:
-    """Consume features and index them, until stopped (or drained once upstream is done)."""
+    """Consume features and index them, until stopped (or drained once upstream is done). The index takes
+    its dimension, and records their model, from the configured extractor, never from the first record."""
     m = settings.matcher
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    model, dim = model_signature(extractor or build_extractor(settings.reid), settings.reid)
+    index = DetectionIndex(m.milvus_uri, m.collection, dim=dim, token=milvus_token(settings))
+    try:
+        check_rows_against_files(index, m.thumbnails_dir, slack=m.batch_size)
+    except Exception:
+        index.close()
+        raise
     producer = transport.producer()
     worker = MatcherWorker(
         index,
@@ -109,6 +151,7 @@ def run_matcher_stage(
         producer,
         settings.topics.dead_letter,
         metrics,
+        model=model,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
@@ -136,7 +179,7 @@ def run_embedded(
     """All three stages in one process over the in-process bus; returns when every source has ended
     and everything published has been indexed (or when `stop` is set)."""
     stop = stop or threading.Event()
-    bus = InProcessBus()
+    bus = InProcessBus(capacity=settings.transport.queue_records, stop=stop)
     run = EmbeddedRun(bus=bus)
     ingest_done, reid_done = threading.Event(), threading.Event()
     extractor = extractor or build_extractor(settings.reid)
@@ -169,7 +212,11 @@ def run_embedded(
         ),
         threading.Thread(
             target=guarded,
-            args=("matcher", lambda: run_matcher_stage(settings, bus, metrics, stop, reid_done), None),
+            args=(
+                "matcher",
+                lambda: run_matcher_stage(settings, bus, metrics, stop, reid_done, extractor),
+                None,
+            ),
         ),
     ]
     for t in threads:
