@@ -39,9 +39,12 @@ def search_image(
     pixels = read_image(image) if isinstance(image, Path) else image
     query = extractor.extract([pixels])[0]
     if features is None or query.parts is None:
-        return index.search(query.instance, top_k=top_k, camera=camera, since=since, until=until)
+        hits = index.search(query.instance, top_k=top_k, camera=camera, since=since, until=until)
+        require_model(hits, extractor.name)
+        return hits
     params = params or RetrievalParams()
     hits = index.search(query.instance, top_k=max(params.n1, top_k), camera=camera, since=since, until=until)
+    require_model(hits, extractor.name)
     stored = [features.load(h.camera_id, h.detection_id) for h in hits]
     usable = [i for i, f in enumerate(stored) if f is not None and f.parts is not None]
     if not usable:
@@ -70,6 +73,21 @@ def search_image(
     reranked = set(usable)
     out += [h for i, h in enumerate(hits) if i not in reranked]
     return out[:top_k]
+
+
+class ModelMismatch(ValueError):
+    """The index holds features of another model than the one asked to search it."""
+
+
+def require_model(hits: list[IndexedDetection], model: str) -> None:
+    """Refuse to rank features of different models together: every hit must come from `model`."""
+    others = Counter(h.model for h in hits if h.model != model)
+    if others:
+        found = ", ".join(f"{name} ({n} rows)" for name, n in others.most_common())
+        raise ModelMismatch(
+            f"the index holds features of another model: {found} among the candidates, and this search uses "
+            f"{model}; search with the reid settings the index was built with, or index the footage again"
+        )
 
 
 def longest_track_query(

@@ -11,6 +11,7 @@ Without a PGR checkpoint the backbone is ImageNet-initialised and the part class
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pgr.messages import CropFeatures
+from pgr.model_files import model_cache_dir
 from reid.extractor import crops_to_tensor, pick_device
 from reid.pgr_model import PGRConfig, PGRModel, PGROutput
 from reid.pixel_projection import orthogonal_projection
@@ -48,6 +50,8 @@ class PGRExtractor:
         batch_size: int = 64,
         projection_seed: int = 0,
         model: PGRModel | None = None,
+        runtime: str = "torch",
+        export_dir: Path | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.input_size = input_size
@@ -68,7 +72,11 @@ class PGRExtractor:
             if backbone is None:
                 raise ValueError("an untrained PGR extractor needs a backbone name")
             model = PGRModel(PGRConfig(backbone, num_parts, reduce_dim), weights)
+        if runtime not in ("torch", "openvino"):
+            raise ValueError(f"unknown runtime {runtime!r}: torch or openvino")
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        if runtime == "openvino":
+            self.model = self._openvino(model, checkpoint, export_dir)
         self.projection = None
         if pixel_dim is not None and pixel_dim < model.dim:
             self.projection = orthogonal_projection(model.dim, pixel_dim, projection_seed).to(self.device)
@@ -77,6 +85,21 @@ class PGRExtractor:
             trained = "-in-memory"
         px = "" if self.projection is None else f"-px{pixel_dim}s{projection_seed}"
         self.name = f"pgr-{model.config.backbone}{trained}{px}"
+
+    def _openvino(self, model: PGRModel, checkpoint: Path | None, export_dir: Path | None):
+        """The model exported to OpenVINO (once per checkpoint file, kept in `export_dir`)."""
+        from reid.openvino_export import OpenVinoPGRModel, export_openvino
+
+        if checkpoint is None:
+            raise ValueError("runtime openvino needs a checkpoint file (its export is kept by its hash)")
+        if self.device.type != "cpu":
+            raise ValueError("runtime openvino runs on the CPU; use runtime torch on a GPU")
+        digest = hashlib.sha1(Path(checkpoint).read_bytes()).hexdigest()[:12]
+        folder = export_dir or model_cache_dir() / "openvino"
+        xml = folder / f"{Path(checkpoint).stem}-{digest}-{self.input_size[0]}x{self.input_size[1]}.xml"
+        if not xml.exists():
+            export_openvino(model, xml, self.input_size)
+        return OpenVinoPGRModel(xml, model.config.num_parts)
 
     @torch.inference_mode()
     def extract(self, crops: list[np.ndarray]) -> list[CropFeatures]:

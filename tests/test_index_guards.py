@@ -112,3 +112,18 @@ def test_an_index_with_fewer_rows_than_thumbnails_is_refused(tmp_path, write_con
     )
     assert main(["search", "--image", str(image), "--config", str(config)]) == 1
     assert "30 thumbnails but 0 rows" in capsys.readouterr().err
+
+
+def test_an_index_of_another_model_is_reported_at_search_time(tmp_path, assets_dir):
+    from matcher.search import ModelMismatch, search_image
+    from reid.extractor import ImageNetMobileNetV2Extractor
+
+    extractor = ImageNetMobileNetV2Extractor(
+        assets_dir / "weights" / "mobilenetv2_imagenet_features.pt", "cpu"
+    )
+    index = DetectionIndex(str(tmp_path / "idx.db"), dim=1280)
+    index.upsert(rows(3, 1280))  # written by model "m"
+    crop = np.full((128, 64, 3), 127, np.uint8)
+    with pytest.raises(ModelMismatch, match=r"m \(3 rows\).*mobilenetv2-imagenet-gap"):
+        search_image(index, extractor, crop)
+    index.close()
