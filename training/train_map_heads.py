@@ -101,6 +101,19 @@ def pseudo_labels(maps: np.ndarray, samples: list[Sample], heads: MapHeads, cent
     return labels
 
 
+def cached_pseudo_labels(cfg: MapHeadsTrainConfig, cache: MapCache, samples: list[Sample], heads: MapHeads):
+    """The plain rows' pseudo labels, kept beside the map cache: they depend only on the maps and on the
+    labelling settings, so a validation run and the final run on the same cache compute them once."""
+    cells = "-".join(f"{r}.{c}" for r, c in cfg.artifact_cells) or "none"
+    path = cfg.cache / f"pseudo_labels-p{cfg.num_parts}-c{cfg.centre_prior:g}-s{cfg.seed}-a{cells}.npy"
+    if path.is_file():
+        print(f"pseudo labels from {path}")
+        return np.load(path)
+    labels = pseudo_labels(cache.maps[: len(samples)], samples, heads, cfg.centre_prior, cfg.seed)
+    write_atomically(path, lambda tmp: np.save(tmp, labels))
+    return labels
+
+
 def erase_cells(x: torch.Tensor, labels: torch.Tensor, p: float, gen: torch.Generator) -> None:
     """Zero a random block of cells (up to half of each side) in place, with probability p per item."""
     n, _, h, w = x.shape
@@ -184,7 +197,7 @@ def train_map_heads(config: str | Path | dict) -> dict:
     print(f"loading {len(cache.maps)} cached maps")
     maps = torch.from_numpy(np.array(cache.maps))  # (2N, c, h, w) float16 in memory, plain rows then mirrored
     embs = torch.from_numpy(np.array(cache.embeddings))
-    labels = pseudo_labels(cache.maps[:n], ds.train, heads, cfg.centre_prior, cfg.seed)
+    labels = cached_pseudo_labels(cfg, cache, ds.train, heads)
     labels = torch.from_numpy(np.concatenate([labels, labels[:, :, ::-1]])).long()
     relabel = {pid: i for i, pid in enumerate(sorted({ds.train[i].pid for i in train_rows}))}
     targets = torch.tensor([relabel.get(s.pid, -1) for s in ds.train])
