@@ -280,6 +280,9 @@ def _index(args) -> int:
         stop=stop,
     )
     for f in files:
+        if f.skipped:
+            print(f"{f.path}: indexed before ({f.detections} detections), skipped")
+            continue
         rate = f.frames / f.seconds if f.seconds else float("nan")
         state = "done" if f.done else "interrupted (run the same command again to finish)"
         print(

@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -48,6 +48,7 @@ class IndexedFile:
     frames: int = 0
     detections: int = 0
     seconds: float = 0.0
+    skipped: bool = False  # this run found it done before (not saved)
 
 
 def file_tag(path: Path) -> str:
@@ -107,7 +108,7 @@ def load_state(path: Path) -> dict[str, IndexedFile]:
 
 
 def save_state(path: Path, state: dict[str, IndexedFile]) -> None:
-    text = json.dumps({tag: asdict(f) for tag, f in state.items()}, indent=1)
+    text = json.dumps({tag: asdict(f) | {"skipped": False} for tag, f in state.items()}, indent=1)
     write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
@@ -156,7 +157,7 @@ def index_files(
         earlier = state.get(tag)
         if earlier is not None and earlier.done and earlier.camera == camera:
             log.info("%s: indexed before (%d detections), skipped", source, earlier.detections)
-            out.append(earlier)
+            out.append(replace(earlier, skipped=True))
             continue
         if stop.is_set():
             break
