@@ -62,7 +62,7 @@ def check_declared_size(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
                 width, height = im.size
                 kind = im.format or "?"
         except Image.DecompressionBombError as exc:  # over Pillow's own limit, far above ours
-            raise ImageTooLarge(f"image exceeds the {MAX_IMAGE_PIXELS}-pixel limit: {exc}") from None
+            raise ImageTooLarge(f"image exceeds the {max_pixels}-pixel limit: {exc}") from None
         except Exception:  # Pillow raises many kinds for headers it cannot read
             raise BadImage(
                 "not an image format this system reads (JPEG, PNG, BMP, WebP, TIFF, ...)"

@@ -33,7 +33,7 @@ def read_upload(request: Request, upload: UploadFile) -> tuple[bytes, object]:
     data = upload.file.read(serve.max_upload_bytes + 1)
     if len(data) > serve.max_upload_bytes:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             f"upload larger than the {serve.max_upload_bytes}-byte limit",
         )
     try:
@@ -43,7 +43,7 @@ def read_upload(request: Request, upload: UploadFile) -> tuple[bytes, object]:
         image = decode_image(data, serve.max_upload_bytes, serve.max_upload_pixels)
     except BadImage as exc:
         too_big = isinstance(exc, ImageTooLarge)
-        code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if too_big else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+        code = status.HTTP_413_CONTENT_TOO_LARGE if too_big else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         raise HTTPException(code, f"upload refused: {exc}") from None
     return data, image
 
@@ -65,16 +65,16 @@ def search(
     or both; with several query crops each detection counts at its best score (query expansion)."""
     state = request.app.state.pgr
     if image is None and not query_ids:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "give an image or query_ids")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give an image or query_ids")
     if len(query_ids) > MAX_QUERY_IDS:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"at most {MAX_QUERY_IDS} query_ids")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"at most {MAX_QUERY_IDS} query_ids")
     bad = [i for i in [*query_ids, *exclude_ids] if not is_detection_id(i)]
     bad += [c for c in cameras if not is_camera_id(c)]
     if bad:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"bad detection or camera id {bad[0]!r}")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad detection or camera id {bad[0]!r}")
     for name, t in (("since", since), ("until", until)):
         if t is not None and not -1e11 < t < 1e11:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"{name}: not a unix time")
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: not a unix time")
     upload = None
     if image is not None:
         data, pixels = read_upload(request, image)
