@@ -122,6 +122,15 @@ def test_a_cookie_session_needs_the_csrf_token_to_change_anything(served):
     assert client.get("/api/status").status_code == 401
 
 
+def test_a_request_from_another_site_is_refused(served):
+    settings, _, client = served
+    evil = {"Origin": "https://evil.example"}
+    r = client.post("/api/login", data={"username": "vic", "password": PASSWORD}, headers=evil)
+    assert r.status_code == 403 and "cross-site" in r.text
+    same = {"Origin": "http://testserver"}
+    assert client.post("/api/login", data={"username": "vic", "password": PASSWORD}, headers=same).is_success
+
+
 def test_status_counts_per_camera(served):
     settings, _, client = served
     status = client.get("/api/status", headers=bearer(client)).json()

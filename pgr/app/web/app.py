@@ -39,6 +39,11 @@ _HEADERS = {
 }
 
 
+def _origin(request: Request) -> str:
+    """This server's origin as the browser sees it (scheme://host[:port])."""
+    return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+
+
 def create_app(
     settings: Settings, extractor: FeatureExtractor | None = None, retention_thread: bool = True
 ) -> FastAPI:
@@ -98,6 +103,11 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != _origin(request):
+            # a browser names the page that sent a request: another site's form or script is refused,
+            # the login form included (the CSRF token guards everything after it)
+            return JSONResponse({"detail": f"cross-site request from {origin} refused"}, status_code=403)
         limit = settings.serve.max_upload_bytes + 64 * 1024  # the image plus the form's other fields
         length = request.headers.get("content-length")
         if request.method == "POST" and length and length.isdigit() and int(length) > limit:
