@@ -127,6 +127,35 @@ class Sessions:
             self._by_token.pop(token or "", None)
 
 
+class LoginThrottle:
+    """At most `attempts` failed logins per account name in `window_s`: guessing passwords is slow."""
+
+    def __init__(self, attempts: int = 5, window_s: float = 300.0) -> None:
+        self.attempts, self.window_s = attempts, window_s
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, name: str, now: float) -> list[float]:
+        recent = [t for t in self._failures.get(name, []) if now - t < self.window_s]
+        self._failures[name] = recent
+        return recent
+
+    def wait_s(self, name: str) -> float:
+        """Seconds until this name may try again (0: now)."""
+        now = time.time()
+        with self._lock:
+            recent = self._recent(name, now)
+            return 0.0 if len(recent) < self.attempts else recent[0] + self.window_s - now
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            self._recent(name, time.time()).append(time.time())
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
+
 def _bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None

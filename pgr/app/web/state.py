@@ -13,7 +13,7 @@ from matcher.retention import purge_expired
 from matcher.thumbnails import ThumbnailStore
 from pgr.app.indexing import IndexedFile, load_state
 from pgr.app.web.audit import AuditLog
-from pgr.app.web.auth import Sessions, UserStore
+from pgr.app.web.auth import LoginThrottle, Sessions, UserStore
 from pgr.settings import Settings
 from reid.extractor import FeatureExtractor
 from reid.retrieval import RetrievalParams
@@ -35,6 +35,7 @@ class AppState:
     users: UserStore
     sessions: Sessions
     audit: AuditLog
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_purge: dict = field(default_factory=dict)
 

@@ -21,11 +21,21 @@ def login(
 ) -> LoginResult:
     """Check the password; start a session (cookie and bearer token). Failures are audited."""
     state = request.app.state.pgr
-    user = state.users.verify(username, password)
     client = request.client.host if request.client else None
+    wait = state.throttle.wait_s(username)
+    if wait > 0:
+        state.audit.append(username, "login_refused", client=client, reason="too many failed logins")
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many failed logins for {username!r}: try again in {int(wait) + 1} s",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    user = state.users.verify(username, password)
     if user is None:
+        state.throttle.failed(username)
         state.audit.append(username, "login_failed", client=client)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong user name or password")
+    state.throttle.succeeded(username)
     token, session = state.sessions.start(user)
     state.audit.append(user.name, "login", client=client)
     response.set_cookie(
