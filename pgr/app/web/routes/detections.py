@@ -126,8 +126,8 @@ def export(request: Request, body: IdList, user: CurrentUser) -> Response:
             iso = datetime.fromtimestamp(d.timestamp).astimezone().isoformat(timespec="seconds")
             out.writerow(
                 [
-                    det_id,
-                    d.camera_id,
+                    _cell(det_id),
+                    _cell(d.camera_id),
                     d.timestamp,
                     iso,
                     d.frame_index,
@@ -143,6 +143,11 @@ def export(request: Request, body: IdList, user: CurrentUser) -> Response:
         media_type="application/zip",
         headers={"Content-Disposition": 'attachment; filename="pgr-export.zip"'},
     )
+
+
+def _cell(text: str) -> str:
+    """A CSV text cell a spreadsheet will not run as a formula (ids may start with - + or @)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 @router.delete("/detections/{det_id}", response_model=Erased)
