@@ -362,3 +362,15 @@ def test_the_api_is_documented(served):
     assert {"/api/search", "/api/login", "/api/export", "/api/status", "/api/erasure"} <= set(spec["paths"])
     hit = spec["components"]["schemas"]["SearchHit"]["properties"]
     assert {"score", "s_ins", "s_part", "s_pixel", "camera", "time", "thumbnail_url"} <= set(hit)
+
+
+def test_exported_ids_never_read_as_spreadsheet_formulas():
+    from pgr.app.web.routes.detections import _cell
+
+    assert [_cell(v) for v in ("-cam:1:t1", "+x", "@x", "=x", "gate:1:t1")] == [
+        "'-cam:1:t1",
+        "'+x",
+        "'@x",
+        "'=x",
+        "gate:1:t1",
+    ]
