@@ -48,13 +48,25 @@ class PersonTracker:
             tracker=self.tracker,
             verbose=False,
         )[0]
-        boxes = result.boxes
-        if boxes is None or len(boxes) == 0:
-            return []
-        xyxy = boxes.xyxy.cpu().numpy().astype(float)
-        scores = boxes.conf.cpu().numpy().astype(float)
-        ids = boxes.id.cpu().numpy().astype(int) if boxes.id is not None else np.full(len(xyxy), -1)
-        return [
-            TrackedPerson(box=tuple(float(v) for v in b), score=float(s), track_id=int(t))
-            for b, s, t in zip(xyxy, scores, ids, strict=True)
-        ]
+        return _persons(result)
+
+    def detect(self, image: np.ndarray) -> list[TrackedPerson]:
+        """Detect persons in an image unrelated to the previous ones (a still): no track ids (-1)."""
+        result = self.model.predict(
+            image, classes=[PERSON_CLASS], conf=self.conf, imgsz=self.imgsz, verbose=False
+        )[0]
+        return _persons(result)
+
+
+def _persons(result) -> list[TrackedPerson]:
+    """The person boxes of one ultralytics result."""
+    boxes = result.boxes
+    if boxes is None or len(boxes) == 0:
+        return []
+    xyxy = boxes.xyxy.cpu().numpy().astype(float)
+    scores = boxes.conf.cpu().numpy().astype(float)
+    ids = boxes.id.cpu().numpy().astype(int) if boxes.id is not None else np.full(len(xyxy), -1)
+    return [
+        TrackedPerson(box=tuple(float(v) for v in b), score=float(s), track_id=int(t))
+        for b, s, t in zip(xyxy, scores, ids, strict=True)
+    ]

@@ -28,7 +28,8 @@ def run_camera(
     """Process one camera until its source ends (or `stop`); returns the number of crops published."""
     tracker = PersonTracker(cfg.detector_weights, cfg.tracker, cfg.conf, cfg.imgsz)
     published = 0
-    run = run_tag() if is_live(cam.source) else None  # live counters restart with every run
+    # live counters restart with every run; a file's ids carry its tag when it has one (`pgr index`)
+    run = run_tag() if is_live(cam.source) else cam.id_tag
     frames = read_frames(cam, cfg.retry, metrics, stop)
     while True:
         t0 = time.perf_counter()
@@ -37,7 +38,7 @@ def run_camera(
             break
         t1 = time.perf_counter()
         metrics.stage_latency.labels("decode").observe(t1 - t0)
-        persons = tracker.update(frame.image)
+        persons = tracker.update(frame.image) if cam.track else tracker.detect(frame.image)
         metrics.stage_latency.labels("detect").observe(time.perf_counter() - t1)
         metrics.detections.labels(cam.id).inc(len(persons))
         h, w = frame.image.shape[:2]

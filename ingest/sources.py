@@ -95,6 +95,42 @@ class _FolderSource:
         pass
 
 
+_MP4_EPOCH = -2082844800  # 1904-01-01 (QuickTime/MP4 times) in unix seconds
+_CONTAINERS = {b"moov"}
+
+
+def recorded_at(path: Path) -> float | None:
+    """When an MP4/MOV file says its recording began (the movie header's creation time), or None."""
+    try:
+        with Path(path).open("rb") as f:
+            return _find_mvhd(f, Path(path).stat().st_size)
+    except OSError:
+        return None
+
+
+def _find_mvhd(f, end: int) -> float | None:
+    import struct
+
+    while f.tell() + 8 <= end:
+        start = f.tell()
+        size, kind = struct.unpack(">I4s", f.read(8))
+        if size == 1:
+            size = struct.unpack(">Q", f.read(8))[0]
+        elif size == 0:
+            size = end - start
+        if size < 8 or start + size > end:
+            return None
+        if kind in _CONTAINERS:
+            return _find_mvhd(f, start + size)
+        if kind == b"mvhd":
+            version = f.read(4)[0]
+            raw = f.read(8 if version == 1 else 4)
+            created = int.from_bytes(raw, "big")
+            return float(created + _MP4_EPOCH) if created else None
+        f.seek(start + size)
+    return None
+
+
 def open_source(source: str) -> _VideoSource | _FolderSource:
     """Open a source once; raises SourceUnavailable."""
     if "://" not in source and not source.isdigit() and Path(source).is_dir():

@@ -216,29 +216,56 @@ class DetectionIndex:
             for r in self.client.query(self.collection, filter='id != ""', output_fields=["id"], limit=limit)
         ]
 
+    def delete(self, ids: list[str]) -> int:
+        """Delete detections by id (missing ids are ignored); returns how many were there."""
+        if self.dim is None or not ids:
+            return 0
+        present = [r["id"] for r in self.client.get(self.collection, ids=ids, output_fields=["id"])]
+        if present:
+            self._retry("delete", lambda: self.client.delete(self.collection, ids=present))
+        return len(present)
+
+    def older_than(self, ts: float, limit: int = 16384) -> list[IndexedDetection]:
+        """Detections seen before `ts` (unix seconds), at most `limit` (call again after deleting them)."""
+        if self.dim is None:
+            return []
+        if not math.isfinite(ts):
+            raise ValueError(f"ts must be a finite time, got {ts!r}")
+        rows = self._retry(
+            "query",
+            lambda: self.client.query(
+                self.collection, filter=f"ts < {float(ts)!r}", output_fields=["id", *_OUTPUT], limit=limit
+            ),
+        )
+        return [_to_detection(r["id"], r) for r in rows]
+
+    def count_by_camera(self, cameras: list[str]) -> dict[str, int]:
+        """Rows per camera, for the cameras named."""
+        out = dict.fromkeys(cameras, 0)
+        for cam in cameras if self.dim is not None else []:
+            expr = _filter([cam], None, None)
+            res = self._retry(
+                "count",
+                lambda e=expr: self.client.query(self.collection, filter=e, output_fields=["count(*)"]),
+            )
+            out[cam] = int(res[0]["count(*)"])
+        return out
+
     def search(
         self,
         vector: np.ndarray,
         top_k: int = 10,
-        camera: str | None = None,
+        camera: str | list[str] | None = None,
         since: float | None = None,
         until: float | None = None,
     ) -> list[IndexedDetection]:
-        """Nearest detections by cosine similarity, optionally filtered by camera and time range."""
+        """Nearest detections by cosine similarity, optionally filtered by camera(s) and time range."""
         if self.dim is None:
             return []
         if vector.shape != (self.dim,):
             raise ValueError(f"query vector has shape {vector.shape}, the index holds ({self.dim},)")
-        filters = []
-        if camera is not None:
-            if not is_camera_id(camera):
-                raise ValueError(f"bad camera id {camera!r}")
-            filters.append(f'camera == "{camera}"')
-        for name, op, value in (("since", ">=", since), ("until", "<=", until)):
-            if value is not None:
-                if not math.isfinite(value):
-                    raise ValueError(f"{name} must be a finite time, got {value!r}")
-                filters.append(f"ts {op} {float(value)!r}")
+        cameras = [camera] if isinstance(camera, str) else camera
+        expr = _filter(cameras, since, until)
         res = self._retry(
             "search",
             lambda: self.client.search(
@@ -246,7 +273,7 @@ class DetectionIndex:
                 data=[vector.astype(np.float32).tolist()],
                 anns_field=VECTOR_FIELD,
                 limit=top_k,
-                filter=" and ".join(filters),
+                filter=expr,
                 output_fields=_OUTPUT,
             ),
         )
@@ -273,6 +300,23 @@ class DetectionIndex:
                 log.warning("milvus %s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
+
+
+def _filter(cameras: list[str] | None, since: float | None, until: float | None) -> str:
+    """A Milvus filter expression for cameras and a time range (values checked: nothing is injected)."""
+    filters = []
+    if cameras is not None:
+        bad = [c for c in cameras if not is_camera_id(c)]
+        if bad or not cameras:
+            raise ValueError(f"bad camera id {bad[0]!r}" if bad else "an empty camera list matches nothing")
+        quoted = ", ".join(f'"{c}"' for c in cameras)  # ids are [A-Za-z0-9_.-]: nothing to escape
+        filters.append(f"camera in [{quoted}]")
+    for name, op, value in (("since", ">=", since), ("until", "<=", until)):
+        if value is not None:
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite time, got {value!r}")
+            filters.append(f"ts {op} {float(value)!r}")
+    return " and ".join(filters)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from matcher.feature_store import FeatureStore
 from matcher.index import DetectionIndex, IndexedDetection
 from pgr.images import read_image
+from pgr.messages import CropFeatures
 from reid.extractor import FeatureExtractor
 from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
 
@@ -25,7 +26,7 @@ def search_image(
     extractor: FeatureExtractor,
     image: Path | np.ndarray,
     top_k: int = 10,
-    camera: str | None = None,
+    camera: str | list[str] | None = None,
     since: float | None = None,
     until: float | None = None,
     features: FeatureStore | None = None,
@@ -38,13 +39,28 @@ def search_image(
     """
     pixels = read_image(image) if isinstance(image, Path) else image
     query = extractor.extract([pixels])[0]
+    return search_features(index, query, extractor.name, top_k, camera, since, until, features, params)
+
+
+def search_features(
+    index: DetectionIndex,
+    query: CropFeatures,
+    model: str,
+    top_k: int = 10,
+    camera: str | list[str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    features: FeatureStore | None = None,
+    params: RetrievalParams | None = None,
+) -> list[IndexedDetection]:
+    """`search_image` for a query already embedded by `model` (an upload or a stored detection's features)."""
     if features is None or query.parts is None:
         hits = index.search(query.instance, top_k=top_k, camera=camera, since=since, until=until)
-        require_model(hits, extractor.name)
+        require_model(hits, model)
         return hits
     params = params or RetrievalParams()
     hits = index.search(query.instance, top_k=max(params.n1, top_k), camera=camera, since=since, until=until)
-    require_model(hits, extractor.name)
+    require_model(hits, model)
     stored = [features.load(h.camera_id, h.detection_id) for h in hits]
     usable = [i for i, f in enumerate(stored) if f is not None and f.parts is not None]
     if not usable:
@@ -73,6 +89,21 @@ def search_image(
     reranked = set(usable)
     out += [h for i, h in enumerate(hits) if i not in reranked]
     return out[:top_k]
+
+
+def fuse_rankings(
+    rankings: list[list[IndexedDetection]], exclude: set[str] = frozenset()
+) -> list[IndexedDetection]:
+    """One ranking from several queries' (query expansion): each detection at its best score, best first;
+    the `exclude`d ids (results the operator rejected) are left out."""
+    best: dict[str, IndexedDetection] = {}
+    for hits in rankings:
+        for h in hits:
+            if h.detection_id not in exclude and (
+                h.detection_id not in best or h.score > best[h.detection_id].score
+            ):
+                best[h.detection_id] = h
+    return sorted(best.values(), key=lambda h: -h.score)
 
 
 class ModelMismatch(ValueError):

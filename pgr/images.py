@@ -26,40 +26,50 @@ class BadImage(ValueError):
     """The bytes are not an image this system accepts; the message says why."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """BGR uint8 image from encoded bytes (JPEG, PNG, ...); raises BadImage."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise BadImage(f"image of {len(data)} bytes exceeds the {MAX_IMAGE_BYTES}-byte limit")
+class ImageTooLarge(BadImage):
+    """An image over the byte or pixel limit (a decompression bomb among them)."""
+
+
+def decode_image(
+    data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """BGR uint8 image from encoded bytes (JPEG, PNG, ...); raises BadImage. Limits may only be lowered."""
+    max_bytes, max_pixels = min(max_bytes, MAX_IMAGE_BYTES), min(max_pixels, MAX_IMAGE_PIXELS)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"image of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     if not data:
         raise BadImage("empty image")
-    check_declared_size(data)
+    check_declared_size(data, max_pixels)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:  # OpenCV's own pixel limit, a corrupt stream
         raise BadImage(f"not a decodable image: {str(exc).strip().splitlines()[-1][:200]}") from None
     if image is None or image.size == 0:
         raise BadImage("not a decodable image")
-    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
-        raise BadImage(f"image of {image.shape[1]}x{image.shape[0]} pixels is too large")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageTooLarge(f"image of {image.shape[1]}x{image.shape[0]} pixels is too large")
     return image
 
 
-def check_declared_size(data: bytes) -> None:
-    """Raise BadImage when the header declares more than MAX_IMAGE_PIXELS, without decoding any pixel, or
-    when Pillow cannot read the header: a format whose size cannot be checked first is not decoded at all."""
+def check_declared_size(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
+    """Raise BadImage when the header declares more than `max_pixels`, without decoding any pixel, or
+    when Pillow cannot read the header: a format whose size cannot be checked first is not decoded at all.
+    Returns the format the header names (Pillow's name: JPEG, PNG, ...)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
+                kind = im.format or "?"
         except Image.DecompressionBombError as exc:  # over Pillow's own limit, far above ours
-            raise BadImage(f"image exceeds the {MAX_IMAGE_PIXELS}-pixel limit: {exc}") from None
+            raise ImageTooLarge(f"image exceeds the {max_pixels}-pixel limit: {exc}") from None
         except Exception:  # Pillow raises many kinds for headers it cannot read
             raise BadImage(
                 "not an image format this system reads (JPEG, PNG, BMP, WebP, TIFF, ...)"
             ) from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise BadImage(f"image of {width}x{height} pixels exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image of {width}x{height} pixels exceeds the {max_pixels}-pixel limit")
+    return kind
 
 
 def read_image(path: str | Path) -> np.ndarray:

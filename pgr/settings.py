@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from pgr.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from pgr.model_files import require_model_file
 from pgr.paths import SHIPPED_WEIGHTS
 from pgr.validation import is_camera_id
@@ -75,6 +76,15 @@ class CameraSettings(StrictModel):
     start_time: float | None = Field(None, description="unix time of the first frame of a file source")
     realtime: bool = Field(
         False, description="pace a file source at its native frame rate, like a live camera"
+    )
+    track: bool = Field(
+        True, description="link detections across frames into tracks; false for a folder of unrelated stills"
+    )
+    id_tag: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="a tag in the file's detection ids, so that files of one camera never share ids "
+        "(`pgr index` sets one per file)",
     )
 
     @field_validator("id")
@@ -256,6 +266,32 @@ class MetricsSettings(StrictModel):
     port: int = Field(9100, ge=0, le=65535, description="0 picks a free port")
 
 
+class ServeSettings(StrictModel):
+    """`pgr serve`: the operator's search API and web page (README: Operator search)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind; loopback unless you mean it")
+    port: Port = 8080
+    users_file: Path | None = Field(
+        None, description="accounts (`pgr user add`); default: users.json beside the thumbnails folder"
+    )
+    audit_log: Path | None = Field(
+        None, description="append-only JSON lines; default: audit.jsonl beside the thumbnails folder"
+    )
+    retention_days: float | None = Field(
+        30,
+        gt=0,
+        description="detections seen longer ago are deleted (row, thumbnail, features); null: keep",
+    )
+    retention_check_s: float = Field(3600, gt=0, description="how often the server applies the retention")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=MAX_IMAGE_BYTES)
+    max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64, le=MAX_IMAGE_PIXELS)
+    upload_types: tuple[str, ...] = Field(
+        ("image/jpeg", "image/png", "image/webp", "image/bmp"), min_length=1
+    )
+    session_hours: float = Field(8, gt=0, le=24 * 30, description="a login lasts this long")
+    max_results: int = Field(1000, ge=1, le=16384, description="results one search may page through")
+
+
 class Settings(StrictModel):
     transport: TransportSettings = TransportSettings()
     topics: TopicSettings = TopicSettings()
@@ -264,6 +300,20 @@ class Settings(StrictModel):
     reid: ReidSettings
     matcher: MatcherSettings
     metrics: MetricsSettings = MetricsSettings()
+    serve: ServeSettings = ServeSettings()
+
+    @property
+    def users_file(self) -> Path:
+        return self.serve.users_file or self.matcher.thumbnails_dir.parent / "users.json"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.serve.audit_log or self.matcher.thumbnails_dir.parent / "audit.jsonl"
+
+    @property
+    def indexed_files(self) -> Path:
+        """What `pgr index` indexed (path, camera, start, done): to resume, and to re-read frames from."""
+        return self.matcher.thumbnails_dir.parent / "indexed_files.json"
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> Settings:
@@ -304,6 +354,8 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         ("reid", "heads"),
         ("matcher", "thumbnails_dir"),
         ("matcher", "features_dir"),
+        ("serve", "users_file"),
+        ("serve", "audit_log"),
     ]:
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = str(_rel(base, raw[section][key]))

@@ -131,3 +131,56 @@ def write_config(tmp_path: Path, assets_dir: Path):
         return path
 
     return write
+
+
+def write_clip(source: Path, out: Path, frames: int, every: int = 1) -> Path:
+    """The first `frames` frames of a real video (every `every`-th) as an .mp4, or as JPEG stills when `out`
+    has no suffix (a folder)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(source))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    writer = None
+    if out.suffix:
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    else:
+        out.mkdir(parents=True)
+    for i in range(frames * every):
+        ok, image = cap.read()
+        assert ok, f"{source} has fewer than {frames * every} frames"
+        if i % every:
+            continue
+        if writer is not None:
+            writer.write(image)
+        else:
+            cv2.imwrite(str(out / f"still_{i:04d}.jpg"), image)
+    cap.release()
+    if writer is not None:
+        writer.release()
+    return out
+
+
+@pytest.fixture(scope="session")
+def pets_clip(tmp_path_factory, pets_video) -> Path:
+    """Six seconds of PETS 2009 (60 frames at 10 fps): 12 sampled frames at 2 fps, a few people."""
+    return write_clip(pets_video, tmp_path_factory.mktemp("clip") / "pets_clip.mp4", 60)
+
+
+def operator_config(folder: Path, **serve) -> Path:
+    """A config over the shipped embedded one (its default model) with its index and files under `folder`."""
+    cfg = {
+        "base": str(REPO / "configs" / "embedded.yaml"),
+        "cameras": [],
+        "matcher": {
+            "milvus_uri": str(folder / "pgr.db"),
+            "thumbnails_dir": str(folder / "thumbnails"),
+            "features_dir": str(folder / "features"),
+        },
+        "metrics": {"port": 0},
+        "serve": serve,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

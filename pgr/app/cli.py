@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/app/benchmark.py)")
     bench.add_argument("--config", default=str(DEFAULT_EMBEDDED))
     bench.add_argument("--out", help="also write the figures as JSON here")
+    add_operator_commands(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "search":
             return _search(args)
+        if args.command in OPERATOR_COMMANDS:
+            return OPERATOR_COMMANDS[args.command](args)
         from pgr.app.benchmark import run_benchmark
 
         return run_benchmark(args.config, args.out)
@@ -225,6 +228,107 @@ def _search(args) -> int:
     for rank, h in enumerate(hits, 1):
         print(format_hit(rank, h))
     return 0
+
+
+def add_operator_commands(sub) -> None:
+    """`pgr index`, `pgr serve` and `pgr user` (operator search, issue 13)."""
+    index = sub.add_parser(
+        "index", help="index recorded video files and folders of stills (resumable; progress per file)"
+    )
+    index.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER")
+    index.add_argument("--camera", required=True, help="the camera id the footage comes from")
+    index.add_argument(
+        "--start",
+        help="unix seconds or ISO time of the first frame (default: the config's camera, the file's "
+        "metadata, else its modification time)",
+    )
+    index.add_argument("--fps", type=float, help="frames sampled per second (default: config, else 2)")
+    index.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+
+    serve = sub.add_parser("serve", help="serve the search API and web page (settings: the serve section)")
+    serve.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+    serve.add_argument("--host", help="override serve.host")
+    serve.add_argument("--port", type=int, help="override serve.port")
+
+    user = sub.add_parser("user", help="add or change an account of the search server (password on stdin)")
+    user.add_argument("name")
+    user.add_argument("--role", choices=["admin", "viewer"], default="viewer")
+    user.add_argument("--delete", action="store_true", help="remove the account")
+    user.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+
+
+def _index(args) -> int:
+    from pgr.app.indexing import index_files
+    from pgr.app.pipeline import build_extractor
+    from pgr.validation import is_camera_id
+
+    if not is_camera_id(args.camera):
+        raise ValueError(f"bad camera id {args.camera!r}: want 1-64 of A-Z a-z 0-9 _ . -")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError("--fps must be a positive number")
+    settings = load_settings(args.config)
+    stop = _stop_on_signals()
+    for noisy in ("faiss", "milvus_lite"):  # their INFO lines would break the progress bars
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    files = index_files(
+        settings,
+        [Path(p) for p in args.paths],
+        args.camera,
+        build_extractor(settings.reid),
+        start=parse_time(args.start),
+        fps=args.fps,
+        stop=stop,
+    )
+    for f in files:
+        if f.skipped:
+            print(f"{f.path}: indexed before ({f.detections} detections), skipped")
+            continue
+        rate = f.frames / f.seconds if f.seconds else float("nan")
+        state = "done" if f.done else "interrupted (run the same command again to finish)"
+        print(
+            f"{f.path}: camera {f.camera}, {f.frames} frames, {f.detections} detections, "
+            f"{f.seconds:.1f}s ({rate:.2f} frames/s), "
+            f"start {datetime.fromtimestamp(f.start_time).isoformat()} from the {f.start_from}: {state}"
+        )
+    return 0 if all(f.done for f in files) else 1
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from pgr.app.web.app import create_app
+
+    settings = load_settings(args.config)
+    over = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if over:
+        settings = settings.model_copy(update={"serve": settings.serve.model_copy(update=over)})
+    app = create_app(settings)
+    print(f"search page: http://{settings.serve.host}:{settings.serve.port}/  (API docs: /docs)")
+    uvicorn.run(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
+    return 0
+
+
+def _user(args) -> int:
+    import getpass
+
+    from pgr.app.web.auth import UserStore
+
+    settings = load_settings(args.config, check_models=False)
+    users = UserStore(settings.users_file)
+    if args.delete:
+        users.delete(args.name)
+        print(f"account {args.name} removed")
+        return 0
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    users.set(args.name, password, args.role)
+    print(f"account {args.name} ({args.role}) saved in {settings.users_file}")
+    return 0
+
+
+OPERATOR_COMMANDS = {"index": _index, "serve": _serve, "user": _user}
 
 
 def format_hit(rank: int, h) -> str:
