@@ -115,7 +115,10 @@ class PGRExtractor:
     @torch.inference_mode()
     def model_output(self, crops: list[np.ndarray]) -> PGROutput:
         """The model's whole output for one batch of BGR crops (maps, parts, labels: for figures)."""
-        return self.model(crops_to_tensor(crops, self.input_size, self.device))
+        images = crops_to_tensor(crops, self.input_size, self.device)
+        # mixed precision on a GPU (the pooling and similarities are computed in float32 downstream)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            return self.model(images)
 
 
 def crop_features(

@@ -167,12 +167,26 @@ def validate(
     return rows
 
 
+def load_train_config(config: str | Path | dict) -> MapHeadsTrainConfig:
+    """The validated config of a dict or a YAML file (which may name a `base:`)."""
+    if isinstance(config, dict):
+        return validate_config(MapHeadsTrainConfig, config, "map heads config")
+    return validate_config(MapHeadsTrainConfig, read_config(config), str(config))
+
+
+def validate_checkpoint(config: str | Path | dict, heads_path: Path) -> list[dict]:
+    """The validation grid of `config` for heads already trained (by the same config's validation run)."""
+    cfg = load_train_config(config)
+    if not cfg.val_ids:
+        raise ValueError("the config holds out no validation identities (val_ids: 0)")
+    ds = load_dataset(cfg.data_root, cfg.dataset)
+    _, query, gallery = split_identities(ds.train, cfg.val_ids)
+    return validate(MapHeads.load(heads_path), open_cache(cfg.cache), ds.train, query, gallery, cfg)
+
+
 def train_map_heads(config: str | Path | dict) -> dict:
     """Train as configured; returns a summary (losses per epoch, validation rows, wall time)."""
-    if isinstance(config, dict):
-        cfg = validate_config(MapHeadsTrainConfig, config, "map heads config")
-    else:
-        cfg = validate_config(MapHeadsTrainConfig, read_config(config), str(config))
+    cfg = load_train_config(config)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.data_root, cfg.dataset)
@@ -205,9 +219,9 @@ def train_map_heads(config: str | Path | dict) -> dict:
     params = [p for p in [*heads.parameters(), *trainer.parameters()] if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     pids = [ds.train[i].pid for i in train_rows]
-    steps = len(pk_batches(pids, cfg.p, cfg.k, cfg.seed, 0))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps + 1, pct_start=0.1
+    schedule = [pk_batches(pids, cfg.p, cfg.k, cfg.seed, epoch) for epoch in range(cfg.epochs)]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(  # the batch count differs from epoch to epoch
+        optimizer, max_lr=cfg.lr, total_steps=sum(len(b) for b in schedule), pct_start=0.1
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
@@ -215,7 +229,7 @@ def train_map_heads(config: str | Path | dict) -> dict:
         heads.train()
         trainer.train()
         sums: dict[str, float] = {}
-        batches = pk_batches(pids, cfg.p, cfg.k, cfg.seed, epoch)
+        batches = schedule[epoch]
         for batch in batches:
             idx = torch.tensor([train_rows[b] for b in batch])
             mirrored = torch.rand(len(idx), generator=gen) < 0.5
@@ -253,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--summary", type=Path, help="write the summary (losses, validation rows) here as JSON")
+    ap.add_argument(
+        "--validate", type=Path, help="no training: run the config's validation grid on these heads"
+    )
     args = ap.parse_args(argv)
-    summary = train_map_heads(args.config)
+    if args.validate:
+        summary = {"validation": validate_checkpoint(args.config, args.validate)}
+    else:
+        summary = train_map_heads(args.config)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2))
