@@ -163,7 +163,7 @@ def test_redelivered_records_found_no_second_identity(pets, tmp_path):
 
 
 def test_matcher_killed_mid_replay_ends_with_the_same_identities(
-    pets, kafka_bootstrap, write_config, tmp_path
+    pets, kafka_bootstrap, write_config, tmp_path, monkeypatch
 ):
     settings, records, _, _ = pets
     # the reference: one uninterrupted pass of the matcher's own code
@@ -193,6 +193,8 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
             "identities": {"min_crops": 3, "end_gap_s": 3.0, "idle_end_s": 6.0},
         },
     )
+    monkeypatch.setenv("PGR_GROUP_PREFIX", "ids")
+    monkeypatch.setenv("PGR_METRICS_PORT", "0")
     topics = load_settings(config).topics
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     for r in records:
