@@ -38,7 +38,7 @@ from reid.similarity import s_ins
 class IdentityParams:
     """How tracklets become identities (matcher.identities in the config)."""
 
-    threshold: float = 0.8
+    threshold: float = 0.92
     window_s: float = 1800.0
     candidates: int = 5
     instance_only: bool = False

@@ -63,12 +63,12 @@ class IdentityService:
             t = self.tracklets.add(rec, thumbnail, now)
             if t is not None and not t.decided and not t.ended and t.n_crops >= self.cfg.min_crops:
                 events += self.identities.decide(t, ended=False, now=time.time())
-            events += self._ended(self.tracklets.due(now))
+            events += self._ended(self.tracklets.due())  # stream time only: a backlog is not idleness
         self._publish(events)
         return events
 
     def tick(self) -> list[IdentityEvent]:
-        """Decide the tracklets that ended while no crop came (call between polls)."""
+        """Decide the tracklets that ended while no crop came (call after a poll that came back empty)."""
         now = time.time()
         if now - self._last_tick < TICK_S:
             return []

@@ -189,13 +189,15 @@ class TrackletBook:
         n = self.segments.get(key, 0)
         return [self.tracklets[key if i == 1 else f"{key}+{i}"] for i in range(n, 0, -1)]
 
-    def due(self, now: float) -> list[Tracklet]:
-        """Tracklets that have just ended: their camera's stream ran `end_gap_s` past them, or nothing of
-        them arrived for `idle_end_s` (wall clock); in the order they were last seen."""
+    def due(self, now: float | None = None) -> list[Tracklet]:
+        """Tracklets that have just ended: their camera's stream ran `end_gap_s` past them, or (with `now`,
+        when the caller has caught up with its input) nothing of them arrived for `idle_end_s` (wall
+        clock); in the order they were last seen."""
         out = []
         for t in (self.tracklets[tid] for tid in self.open):
             stream = self.camera_time.get(t.camera_id, t.last_seen)
-            if stream - t.last_seen > self.end_gap_s or now - t.arrived_at > self.idle_end_s:
+            idle = now is not None and now - t.arrived_at > self.idle_end_s
+            if stream - t.last_seen > self.end_gap_s or idle:
                 out.append(t)
         return self._end(out)
 

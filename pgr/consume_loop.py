@@ -61,7 +61,8 @@ def consume_loop(
     finish: Callable[[], None] | None = None,
 ) -> None:
     """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty
-    (then `finish` runs). `tick`, when given, runs after every poll (work driven by the clock).
+    (then `finish` runs). `tick`, when given, runs after a poll that came back empty: work driven by the
+    clock runs when the consumer has caught up, never because its own backlog kept it busy.
 
     `handle` must finish its downstream writes before it returns: the commit that follows it is what
     makes delivery at-least-once.
@@ -77,7 +78,7 @@ def consume_loop(
                 if finish is not None:
                     finish()
                 return
-            if tick is not None:
+            elif tick is not None:
                 tick()
     finally:
         consumer.close()

@@ -155,7 +155,11 @@ class IdentitySettings(StrictModel):
         1800.0, gt=0, description="identities seen this long before a tracklet are candidates"
     )
     threshold: float = Field(
-        0.80, ge=0, le=1, description="join above this score, else found (calibrated on a training split)"
+        0.92,
+        ge=0,
+        le=1,
+        description="join at or above this score, else found (RESULTS.md: calibrated on the DukeMTMC-reID "
+        "training replay; recalibrate for other heads with python -m pgr.app.identity_eval calibrate)",
     )
     instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
     candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")
