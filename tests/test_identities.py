@@ -45,7 +45,9 @@ def pets(tmp_path_factory, assets_dir, pets_video):
 
     tmp = tmp_path_factory.mktemp("identities")
     cfg = {
-        "cameras": [{"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 500, "start_time": 1231322400.0}],
+        "cameras": [
+            {"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 500, "start_time": 1231322400.0}
+        ],
         "ingest": {"detector_weights": str(assets_dir / "weights" / "yolo11n_int8_openvino_model")},
         "reid": {"device": "cpu"},
         "matcher": {
