@@ -7,6 +7,7 @@ import logging
 import time
 
 from matcher.feature_store import FeatureStore
+from matcher.identity_service import IdentityService
 from matcher.index import DetectionIndex, IndexRow
 from matcher.thumbnails import ThumbnailStore
 from pgr.consume_loop import dead_letter, reason
@@ -38,12 +39,14 @@ class MatcherWorker:
         dead_letter_topic: str,
         metrics: PipelineMetrics,
         model: str | None = None,
+        identities: IdentityService | None = None,
     ) -> None:
         if index.dim is None:
             raise ValueError("the matcher needs an index opened with the configured model's dim")
         self.index, self.thumbnails, self.features = index, thumbnails, features
         self.producer, self.metrics, self.model = producer, metrics, model
         self.dead_letter_topic = dead_letter_topic
+        self.identities = identities
 
     def handle(self, messages: list[Message]) -> None:
         """Index the batch; returns after the index write (then the caller commits)."""
@@ -56,7 +59,7 @@ class MatcherWorker:
                 continue
             records[rec.detection.detection_id] = (msg, rec)  # a duplicate inside one batch keeps the last
         t0 = time.perf_counter()
-        rows = []
+        rows, thumbs = [], {}
         for msg, rec in list(records.values()):
             det = rec.detection
             try:
@@ -69,12 +72,16 @@ class MatcherWorker:
                 del records[det.detection_id]
                 continue
             rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
+            thumbs[det.detection_id] = str(thumb)
         for det_id, why in self.index.upsert(rows).items():
             msg, rec = records.pop(det_id)
             self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
             self.features.remove(rec.detection.camera_id, det_id)
             self._dead(msg, MalformedRecord(why))
         self.producer.flush()
+        if self.identities is not None:  # after the index write, before the commit
+            ordered = sorted(records.values(), key=lambda mr: (mr[1].detection.timestamp, mr[0].offset))
+            self.identities.add([(rec, thumbs[rec.detection.detection_id]) for _, rec in ordered])
         if not records:
             return
         now = time.time()
@@ -83,6 +90,16 @@ class MatcherWorker:
         for _, rec in records.values():
             if rec.detection.read_at > 0:
                 self.metrics.end_to_end_latency.observe(now - rec.detection.read_at)
+
+    def tick(self) -> None:
+        """Between polls: decide the tracklets that ended while nothing came."""
+        if self.identities is not None:
+            self.identities.tick()
+
+    def finish(self) -> None:
+        """The stream is over (embedded run drained): decide every open tracklet."""
+        if self.identities is not None:
+            self.identities.finish()
 
     def _accept(self, msg: Message) -> FeatureRecord:
         rec = decode_feature(msg.value)

@@ -57,8 +57,12 @@ def consume_loop(
     upstream_done: threading.Event | None = None,
     max_records: int = 64,
     poll_timeout_s: float = 0.5,
+    tick: Callable[[], None] | None = None,
+    finish: Callable[[], None] | None = None,
 ) -> None:
-    """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty.
+    """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty
+    (then `finish` runs). `tick`, when given, runs after a poll that came back empty: work driven by the
+    clock runs when the consumer has caught up, never because its own backlog kept it busy.
 
     `handle` must finish its downstream writes before it returns: the commit that follows it is what
     makes delivery at-least-once.
@@ -71,6 +75,10 @@ def consume_loop(
                 handle(batch)
                 consumer.commit()
             elif finishing:
+                if finish is not None:
+                    finish()
                 return
+            elif tick is not None:
+                tick()
     finally:
         consumer.close()

@@ -13,7 +13,7 @@ import json
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ from pgr.validation import (
 SCHEMA_VERSION = 1
 CROP_KIND = "pgr.crop"
 FEATURE_KIND = "pgr.feature"
+IDENTITY_KIND = "pgr.identity"
+IDENTITY_EVENTS = ("created", "joined", "moved", "merged", "confirmed")
 JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 _ARRAY_DTYPES = {"float32", "float16", "int16", "int32", "uint8", "bool"}
@@ -205,6 +207,50 @@ class FeatureRecord:
         return CropFeatures(self.instance, self.parts, self.part_visibility, self.pixels, self.pixel_coords)
 
 
+@dataclass(frozen=True)
+class IdentityEvent:
+    """One change of the global identities, from the matcher.
+
+    `kind`: created (a tracklet founded `identity_id`), joined (a tracklet joined it), moved (a tracklet
+    left `previous_id` for it), merged (every tracklet of `previous_id` now belongs to it) or confirmed (the
+    tracklet ended and stays where it was). `tracklet_id`
+    is `camera:track` (with the ingest run for live sources); `first_seen`/`last_seen` are the tracklet's
+    stream times; `score` is the match score that decided (0 for created); `seq` numbers the matcher's
+    decisions, so a consumer of a replay can drop an event it has seen (same tracklet, kind and seq).
+    """
+
+    kind: str
+    identity_id: str
+    tracklet_id: str
+    camera_id: str
+    first_seen: float
+    last_seen: float
+    score: float
+    seq: int
+    previous_id: str = ""
+    thumbnail: str = ""
+    decided_at: float = 0.0  # wall-clock time of the decision: for the end-to-identity latency
+    ended: bool = False  # decided at the tracklet's end (else when it became long enough)
+
+    def __post_init__(self) -> None:
+        _require(self.kind in IDENTITY_EVENTS, f"kind must be one of {IDENTITY_EVENTS}")
+        for name in ("identity_id", "tracklet_id"):
+            _require(is_detection_id(getattr(self, name)), f"bad {name}: want 1-200 of A-Za-z0-9_.:@+-")
+        _require(self.previous_id == "" or is_detection_id(self.previous_id), "bad previous_id")
+        moved = self.kind in ("moved", "merged")
+        _require((self.previous_id != "") == moved, "previous_id is for (and only for) moved and merged")
+        _require(is_camera_id(self.camera_id), "bad camera_id: want 1-64 of A-Z a-z 0-9 _ . -")
+        _require(
+            plausible_time(self.first_seen) and plausible_time(self.last_seen), "bad first_seen/last_seen"
+        )
+        _require(self.first_seen <= self.last_seen, "first_seen after last_seen")
+        _require(_is_number(self.score) and math.isfinite(self.score), "score must be a finite number")
+        _require(is_int64(self.seq) and self.seq >= 0, "bad seq")
+        _require(self.decided_at == 0.0 or plausible_time(self.decided_at), "bad decided_at")
+        _require(isinstance(self.thumbnail, str) and len(self.thumbnail) <= 1024, "bad thumbnail")
+        _require(isinstance(self.ended, bool), "ended must be a boolean")
+
+
 def encode_crop(rec: CropRecord) -> bytes:
     """Serialise a crop record for the bus."""
     body = {"kind": CROP_KIND, "version": SCHEMA_VERSION, **rec.detection._fields(), "jpeg": _b64(rec.jpeg)}
@@ -256,6 +302,24 @@ def decode_feature(raw: bytes) -> FeatureRecord:
             **optional,
         )
     except (TypeError, KeyError) as exc:
+        raise MalformedRecord(str(exc)) from exc
+
+
+def encode_identity(ev: IdentityEvent) -> bytes:
+    """Serialise an identity event for the bus."""
+    body = {"kind": IDENTITY_KIND, "version": SCHEMA_VERSION, "event": ev.kind}
+    body.update({f.name: getattr(ev, f.name) for f in fields(ev) if f.name != "kind"})
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_identity(raw: bytes) -> IdentityEvent:
+    """Parse and validate an identity event; raises MalformedRecord."""
+    d = _load(raw, IDENTITY_KIND)
+    names = {f.name for f in fields(IdentityEvent)} - {"kind"}
+    _require(set(d) - {"kind", "version", "event"} <= names, "unknown fields in an identity event")
+    try:
+        return IdentityEvent(kind=d.get("event"), **{k: v for k, v in d.items() if k in names})
+    except TypeError as exc:
         raise MalformedRecord(str(exc)) from exc
 
 

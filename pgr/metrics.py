@@ -57,6 +57,25 @@ class PipelineMetrics:
             registry=r,
         )
 
+        self.identity_events = Counter(
+            "pgr_identity_events",
+            "Identity events (created, joined, moved, merged, confirmed)",
+            ["kind"],
+            registry=r,
+        )
+        self.tracklet_input_refused = Counter(
+            "pgr_tracklet_input",
+            "Odd crops the tracklets counted: unknown_camera, out_of_order, late, track_restart, duplicate",
+            ["reason"],
+            registry=r,
+        )
+        self.tracklet_end_to_identity = Histogram(
+            "pgr_tracklet_end_to_identity_seconds",
+            "From the frame read of a tracklet's last crop to its identity decision at the tracklet's end",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics; returns the bound port (port 0 picks a free one). Raises PortInUse (one line)
         when the port is taken, Unavailable when the host cannot be bound."""

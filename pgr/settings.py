@@ -149,6 +149,44 @@ class ReidSettings(StrictModel):
     input_width: int = Field(128, ge=16)
 
 
+class IdentitySettings(StrictModel):
+    """Tracklets and global identities in the matcher (matcher/tracklets.py, matcher/identities.py)."""
+
+    enabled: bool = Field(True, description="form tracklets and global identities beside the index")
+    end_gap_s: float = Field(
+        5.0, gt=0, description="a tracklet ends when its camera's stream runs this long past its last crop"
+    )
+    idle_end_s: float = Field(
+        10.0, gt=0, description="... or when no crop of it arrived for this long (wall clock)"
+    )
+    min_crops: int = Field(4, ge=1, description="a tracklet this long is matched before it ends")
+    keep_best: int = Field(3, ge=1, le=64, description="crops kept per tracklet, with parts and pixels")
+    window_s: float = Field(
+        1800.0, gt=0, description="identities seen this long before a tracklet are candidates"
+    )
+    threshold: float = Field(
+        0.92,
+        ge=0,
+        le=1,
+        description="join at or above this score, else found (RESULTS.md: calibrated on the DukeMTMC-reID "
+        "training replay; recalibrate for other heads with python -m pgr.app.identity_eval calibrate)",
+    )
+    instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
+    candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")
+    cameras: list[str] | None = Field(
+        None, description="cameras whose tracklets form identities (None: any); others are counted"
+    )
+    overlapping: list[list[str]] = Field(
+        default_factory=list, description="groups of cameras whose fields of view overlap"
+    )
+    transitions: dict[str, float] | None = Field(
+        None,
+        description="optional camera-transition map 'A>B': least seconds from leaving A to entering B; "
+        "when given, a pair not listed cannot be linked",
+    )
+    store: Path | None = Field(None, description="identity state (SQLite; default: beside thumbnails)")
+
+
 class MatcherSettings(StrictModel):
     """Index, stores and progressive retrieval (n1..part_score: the one place their defaults, the paper's, are
     written; reid.retrieval.RetrievalParams takes them from here)."""
@@ -179,6 +217,7 @@ class MatcherSettings(StrictModel):
         "isp",
         description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )
+    identities: IdentitySettings = IdentitySettings()
 
     @model_validator(mode="after")
     def _token_needs_server(self) -> MatcherSettings:
@@ -189,6 +228,10 @@ class MatcherSettings(StrictModel):
     @property
     def feature_store_dir(self) -> Path:
         return self.features_dir or self.thumbnails_dir.parent / "features"
+
+    @property
+    def identity_store_path(self) -> Path:
+        return self.identities.store or self.thumbnails_dir.parent / "identities.sqlite"
 
     @field_validator("milvus_uri")
     @classmethod
@@ -206,6 +249,7 @@ class MatcherSettings(StrictModel):
 class TopicSettings(StrictModel):
     crops: str = "pgr.crops"
     features: str = "pgr.features"
+    identities: str = "pgr.identities"
     dead_letter: str = "pgr.deadletter"
 
 
@@ -370,6 +414,9 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         uri = raw["matcher"].get("milvus_uri")
         if isinstance(uri, str) and "://" not in uri:
             raw["matcher"]["milvus_uri"] = str(_rel(base, uri))
+        ids = raw["matcher"].get("identities")
+        if isinstance(ids, dict) and isinstance(ids.get("store"), str):
+            ids["store"] = str(_rel(base, ids["store"]))
     for cam in raw.get("cameras") or []:
         if isinstance(cam, dict) and isinstance(cam.get("source"), str):
             src = cam["source"]

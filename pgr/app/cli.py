@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--config", default=str(DEFAULT_EMBEDDED))
 
+    idents = sub.add_parser("identities", help="list the global identities the matcher formed")
+    idents.add_argument("--camera")
+    idents.add_argument("--since", help="unix seconds or ISO time")
+    idents.add_argument("--until", help="unix seconds or ISO time")
+    idents.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+    ident = sub.add_parser("identity", help="one identity's timeline across cameras")
+    ident.add_argument("identity_id")
+    ident.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+
     bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/app/benchmark.py)")
     bench.add_argument("--config", default=str(DEFAULT_EMBEDDED))
     bench.add_argument("--out", help="also write the figures as JSON here")
@@ -69,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             return _search(args)
         if args.command in OPERATOR_COMMANDS:
             return OPERATOR_COMMANDS[args.command](args)
+        if args.command == "identities":
+            return _identities(args)
+        if args.command == "identity":
+            return _identity(args)
         from pgr.app.benchmark import run_benchmark
 
         return run_benchmark(args.config, args.out)
@@ -143,6 +156,8 @@ def _demo(args) -> int:
         shutil.rmtree(db, ignore_errors=True) if db.is_dir() else db.unlink(missing_ok=True)
         shutil.rmtree(m.thumbnails_dir, ignore_errors=True)
         shutil.rmtree(m.feature_store_dir, ignore_errors=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{m.identity_store_path}{suffix}").unlink(missing_ok=True)
     metrics = PipelineMetrics()
     port = metrics.serve(settings.metrics.host, settings.metrics.port)
     print(f"metrics: http://{settings.metrics.host}:{port}/metrics")
@@ -190,6 +205,7 @@ def _demo(args) -> int:
     )
     print(f"\nquery and results side by side: {sheet}")
     index.close()
+    print_identities(m.identity_store_path)
     return 0
 
 
@@ -329,6 +345,87 @@ def _user(args) -> int:
 
 
 OPERATOR_COMMANDS = {"index": _index, "serve": _serve, "user": _user}
+
+
+def _identity_store(args):
+    from matcher.identity_store import IdentityStore
+
+    settings = load_settings(args.config, check_models=False)
+    path = settings.matcher.identity_store_path
+    if not path.is_file():
+        raise ValueError(f"no identities yet: {path} does not exist (run the matcher first)")
+    return IdentityStore(path)
+
+
+def _when(t: float) -> str:
+    try:
+        return datetime.fromtimestamp(t).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{t:g}"
+
+
+def _identities(args) -> int:
+    from matcher.identity_store import list_identities
+
+    since, until = parse_time(args.since), parse_time(args.until)
+    store = _identity_store(args)
+    try:
+        found = list_identities(store, args.camera, since, until)
+    finally:
+        store.close()
+    print(f"{len(found)} identities")
+    for s in found:
+        print(
+            f"{s.identity_id}  cameras {','.join(s.cameras)}  {_when(s.first_seen)} .. {_when(s.last_seen)}  "
+            f"tracklets {s.tracklets}  {s.thumbnail}"
+        )
+    return 0
+
+
+def _identity(args) -> int:
+    from matcher.identity_store import timeline
+
+    store = _identity_store(args)
+    try:
+        entries = timeline(store, args.identity_id)
+    finally:
+        store.close()
+    if not entries:
+        print(f"error: no identity {args.identity_id!r}", file=sys.stderr)
+        return 1
+    print(f"{args.identity_id}: {len(entries)} tracklets on {len({e.camera_id for e in entries})} cameras")
+    print(format_timeline(entries))
+    return 0
+
+
+def format_timeline(entries) -> str:
+    """One line per tracklet: camera, first and last seen, crops, best thumbnail."""
+    return "\n".join(
+        f"  camera {e.camera_id}  {_when(e.first_seen)} .. {_when(e.last_seen)}  {e.crops} crops  "
+        f"{e.thumbnail}  ({e.tracklet_id})"
+        for e in entries
+    )
+
+
+def print_identities(path: Path) -> None:
+    """The demo's summary of the identities it formed: how many, the longest timeline."""
+    from matcher.identity_store import IdentityStore, list_identities, timeline
+
+    if not path.is_file():
+        print("\nidentities: none (matcher.identities.enabled is off)")
+        return
+    store = IdentityStore(path)
+    try:
+        found = list_identities(store)
+        multi = [s for s in found if len(s.cameras) > 1]
+        print(f"\nidentities formed: {len(found)} ({len(multi)} seen on more than one camera)")
+        if found:
+            longest = max(found, key=lambda s: (s.last_seen - s.first_seen, s.identity_id))
+            span = longest.last_seen - longest.first_seen
+            print(f"the longest timeline: {longest.identity_id} ({span:.0f} s):")
+            print(format_timeline(timeline(store, longest.identity_id)))
+    finally:
+        store.close()
 
 
 def format_hit(rank: int, h) -> str:

@@ -11,6 +11,8 @@ import numpy as np
 
 from ingest.service import run_ingest
 from matcher.feature_store import FeatureStore
+from matcher.identity_service import IdentityService
+from matcher.identity_store import IdentityStore
 from matcher.index import DetectionIndex
 from matcher.index_check import check_rows_against_files
 from matcher.service import MatcherWorker
@@ -20,6 +22,7 @@ from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
 from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
+from reid.retrieval import RetrievalParams
 from reid.service import ReidWorker
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,13 @@ def run_matcher_stage(
         index.close()
         raise
     producer = transport.producer()
+    store = IdentityStore(m.identity_store_path) if m.identities.enabled else None
+    identities = None
+    if store is not None:
+        retrieval = RetrievalParams.from_settings(m)
+        identities = IdentityService(
+            m.identities, retrieval, store, producer, settings.topics.identities, metrics
+        )
     worker = MatcherWorker(
         index,
         ThumbnailStore(m.thumbnails_dir),
@@ -152,13 +162,24 @@ def run_matcher_stage(
         settings.topics.dead_letter,
         metrics,
         model=model,
+        identities=identities,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
-        consume_loop(consumer, worker.handle, stop, upstream_done, max_records=m.batch_size)
+        consume_loop(
+            consumer,
+            worker.handle,
+            stop,
+            upstream_done,
+            max_records=m.batch_size,
+            tick=worker.tick,
+            finish=worker.finish,
+        )
     finally:
         producer.close()
         index.close()
+        if store is not None:
+            store.close()
 
 
 @dataclass

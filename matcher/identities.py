@@ -1,0 +1,211 @@
+"""Global identities, online: a tracklet that is long enough, and again when it ends, is matched against
+the identities seen recently, with progressive retrieval; above the threshold it joins the best one, else
+it founds one. Later evidence moves a tracklet or merges two identities; every change is an IdentityEvent.
+
+Matching a tracklet T against identity I (`IdentityBook.scores`):
+1. stage 0: s_ins of T's feature against I's (the mean of its tracklets' features) for every candidate;
+2. the `candidates` best identities: T's kept crops against theirs by progressive retrieval (instance,
+   parts, pixels; reid/retrieval.py), with N1 = N2 = all their crops so every score is a stage-2 score;
+   an identity's score is the mean over T's crops of the best score among the identity's crops.
+With `instance_only`, step 2 uses s_ins alone (the baseline that shows what parts and pixels add).
+
+Candidates: identities with a tracklet seen within `window_s` before T began, and no conflict with T: an
+identity is never on one camera twice at once, nor on two cameras whose fields of view do not overlap
+(`overlapping` groups) at once; with a camera-transition map, the camera it was last seen on before T
+must lead to T's camera in at least the listed seconds.
+
+Identity ids derive from the tracklet that founded them (`id:<tracklet id>`), so a replay that decides
+the same way names the same identities and never founds a second one for a tracklet.
+
+>>> book = IdentityBook(IdentityParams(threshold=0.8))  # doctest: +SKIP
+>>> events = book.decide(tracklet, ended=True, now=time.time())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from matcher.tracklets import Tracklet
+from pgr.messages import IdentityEvent
+from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
+from reid.similarity import s_ins
+
+
+@dataclass(frozen=True)
+class IdentityParams:
+    """How tracklets become identities (matcher.identities in the config)."""
+
+    threshold: float = 0.92
+    window_s: float = 1800.0
+    candidates: int = 5
+    instance_only: bool = False
+    overlapping: tuple[frozenset[str], ...] = ()
+    transitions: dict[str, float] | None = None
+    crops_per_identity: int = 4
+    retrieval: RetrievalParams = field(default_factory=RetrievalParams)
+
+
+class IdentityBook:
+    """Which tracklet belongs to which identity, and the decisions that change it."""
+
+    def __init__(self, params: IdentityParams) -> None:
+        self.params = params
+        self.tracklets: dict[str, Tracklet] = {}
+        self.owner: dict[str, str] = {}  # tracklet id -> identity id
+        self.members: dict[str, list[str]] = {}  # identity id -> tracklet ids, in joining order
+        self.seq = 0
+
+    # ---- queries -------------------------------------------------------------------------------------
+
+    def identity_feature(self, identity_id: str) -> np.ndarray:
+        f = np.sum([self.tracklets[t].feature for t in self.members[identity_id]], axis=0)
+        return f / max(float(np.linalg.norm(f)), 1e-12)
+
+    def conflicts(self, t: Tracklet, identity_id: str) -> bool:
+        """Whether T cannot be the person of `identity_id` (two places at once, or an impossible move)."""
+        others = [self.tracklets[m] for m in self.members[identity_id] if m != t.tracklet_id]
+        for m in others:
+            overlap = m.first_seen <= t.last_seen and t.first_seen <= m.last_seen
+            if overlap and (m.camera_id == t.camera_id or not self._overlapping(m.camera_id, t.camera_id)):
+                return True
+        transitions = self.params.transitions
+        before = [m for m in others if m.last_seen < t.first_seen]
+        if transitions is not None and before:
+            last = max(before, key=lambda m: m.last_seen)
+            if last.camera_id != t.camera_id:
+                need = transitions.get(f"{last.camera_id}>{t.camera_id}")
+                if need is None or t.first_seen - last.last_seen < need:
+                    return True
+        return False
+
+    def _overlapping(self, a: str, b: str) -> bool:
+        return any(a in g and b in g for g in self.params.overlapping)
+
+    def candidates(self, t: Tracklet) -> list[str]:
+        """Identities seen within the window before T, without a conflict with T (T's own included)."""
+        since = t.first_seen - self.params.window_s
+        out = []
+        for ident, members in self.members.items():
+            seen = [self.tracklets[m] for m in members if m != t.tracklet_id]
+            if seen and max(m.last_seen for m in seen) >= since and not self.conflicts(t, ident):
+                out.append(ident)
+        return sorted(out)
+
+    def scores(self, t: Tracklet, identities: list[str]) -> dict[str, float]:
+        """T's match score against each identity (see the module docstring)."""
+        if not identities:
+            return {}
+        feats = np.stack([self._feature_without(i, t.tracklet_id) for i in identities])
+        stage0 = s_ins(torch.from_numpy(t.feature), torch.from_numpy(feats)).numpy()
+        top = [identities[i] for i in np.argsort(-stage0, kind="stable")[: self.params.candidates]]
+        crops, owners = [], []
+        for ident in top:
+            kept = [c for m in self.members[ident] if m != t.tracklet_id for c in self.tracklets[m].best]
+            kept = sorted(kept, key=lambda c: (-c.quality, c.detection_id))[: self.params.crops_per_identity]
+            crops += [c.features for c in kept]
+            owners += [ident] * len(kept)
+        if not t.best or not crops:  # no parts/pixels (a model without them): the tracklet features decide
+            return {ident: float(stage0[identities.index(ident)]) for ident in top}
+        query = GalleryFeatures.from_crop_features([c.features for c in t.best])
+        gallery = GalleryFeatures.from_crop_features(crops)
+        if self.params.instance_only:
+            pair = s_ins(query.instances, gallery.instances)
+        else:
+            n = len(gallery)
+            p = self.params.retrieval
+            result = progressive_retrieval(
+                query, gallery, RetrievalParams(n, p.a1, n, p.a2, p.eps, p.part_score)
+            )
+            pair = torch.empty_like(result.score).scatter_(1, result.indices, result.score)
+        pair_np = pair.numpy()
+        out = {}
+        for ident in top:
+            cols = [j for j, o in enumerate(owners) if o == ident]
+            if cols:
+                out[ident] = float(pair_np[:, cols].max(axis=1).mean())
+        return out
+
+    def _feature_without(self, identity_id: str, tracklet_id: str) -> np.ndarray:
+        ms = [m for m in self.members[identity_id] if m != tracklet_id]
+        f = np.sum([self.tracklets[m].feature for m in ms], axis=0)
+        return (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
+
+    # ---- decisions -----------------------------------------------------------------------------------
+
+    def decide(self, t: Tracklet, ended: bool, now: float) -> list[IdentityEvent]:
+        """Match T (long enough, or ended) and apply the outcome; returns the events, in order."""
+        self.tracklets[t.tracklet_id] = t
+        current = self.owner.get(t.tracklet_id)
+        scores = self.scores(t, self.candidates(t))
+        best = max(scores, key=lambda i: (scores[i], i)) if scores else None
+        joined = best is not None and scores[best] >= self.params.threshold
+        t.decided = True
+        if current is None:
+            if joined:
+                return [self._join(t, best, "joined", scores[best], ended, now)]
+            return [self._found(t, ended, now)]
+        if not joined or best == current:
+            if not ended:
+                return []
+            return [self._event("confirmed", current, t, scores.get(current, 0.0), ended, now)]
+        # the best identity is another one
+        if len(self.members[current]) == 1:  # T alone: leave its own identity for the better one
+            del self.members[current]
+            return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
+        if scores.get(current, 0.0) >= self.params.threshold and not self._identities_conflict(current, best):
+            return [self._merge(t, current, best, scores[best], ended, now)]
+        self.members[current].remove(t.tracklet_id)
+        return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
+
+    def _identities_conflict(self, a: str, b: str) -> bool:
+        return any(self.conflicts(self.tracklets[m], b) for m in self.members[a])
+
+    def _found(self, t: Tracklet, ended: bool, now: float) -> IdentityEvent:
+        ident = f"id:{t.tracklet_id}"
+        self.members[ident] = [t.tracklet_id]
+        self.owner[t.tracklet_id] = ident
+        return self._event("created", ident, t, 0.0, ended, now)
+
+    def _join(
+        self, t: Tracklet, ident: str, kind: str, score: float, ended: bool, now: float, previous: str = ""
+    ) -> IdentityEvent:
+        self.members[ident].append(t.tracklet_id)
+        self.owner[t.tracklet_id] = ident
+        return self._event(kind, ident, t, score, ended, now, previous)
+
+    def _merge(self, t: Tracklet, a: str, b: str, score: float, ended: bool, now: float) -> IdentityEvent:
+        """T's identity and the other one are one person: the older (first founded) absorbs the other."""
+        keep, gone = sorted((a, b), key=lambda i: (self.tracklets[self.members[i][0]].first_seen, i))
+        for m in self.members.pop(gone):
+            self.members[keep].append(m)
+            self.owner[m] = keep
+        return self._event("merged", keep, t, score, ended, now, gone)
+
+    def _event(
+        self,
+        kind: str,
+        ident: str,
+        t: Tracklet,
+        score: float,
+        ended: bool,
+        now: float,
+        previous: str = "",
+    ) -> IdentityEvent:
+        self.seq += 1
+        return IdentityEvent(
+            kind=kind,
+            identity_id=ident,
+            tracklet_id=t.tracklet_id,
+            camera_id=t.camera_id,
+            first_seen=t.first_seen,
+            last_seen=t.last_seen,
+            score=float(score),
+            seq=self.seq,
+            previous_id=previous,
+            thumbnail=t.thumbnail,
+            decided_at=now,
+            ended=ended,
+        )

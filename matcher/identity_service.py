@@ -1,0 +1,105 @@
+"""The identity side of the matcher: feed indexed crops to their tracklets, decide identities when a
+tracklet is long enough and when it ends, send each event to the identities topic and save the state.
+
+Order per batch (at-least-once): events are sent and flushed, then the state is saved, then (in the
+caller) the offsets are committed. A crash before the save replays the batch and sends the same events
+again (same seq, same ids); a crash after it finds every crop already counted.
+"""
+
+from __future__ import annotations
+
+import time
+
+from matcher.identities import IdentityBook, IdentityParams
+from matcher.identity_store import IdentityStore
+from matcher.tracklets import Tracklet, TrackletBook
+from pgr.messages import FeatureRecord, IdentityEvent, encode_identity
+from pgr.metrics import PipelineMetrics
+from pgr.settings import IdentitySettings
+from pgr.transport import Producer
+from reid.retrieval import RetrievalParams
+
+TICK_S = 0.25  # how often an idle matcher looks for tracklets that ended
+
+
+def identity_params(cfg: IdentitySettings, retrieval: RetrievalParams) -> IdentityParams:
+    """The matching parameters of a validated `matcher.identities` config."""
+    return IdentityParams(
+        threshold=cfg.threshold,
+        window_s=cfg.window_s,
+        candidates=cfg.candidates,
+        instance_only=cfg.instance_only,
+        overlapping=tuple(frozenset(g) for g in cfg.overlapping),
+        transitions=cfg.transitions,
+        retrieval=retrieval,
+    )
+
+
+class IdentityService:
+    """Tracklets and identities of one matcher, persisted in `store`."""
+
+    def __init__(
+        self,
+        cfg: IdentitySettings,
+        retrieval: RetrievalParams,
+        store: IdentityStore,
+        producer: Producer,
+        topic: str,
+        metrics: PipelineMetrics,
+    ) -> None:
+        self.cfg, self.store, self.producer, self.topic, self.metrics = cfg, store, producer, topic, metrics
+        self.tracklets = TrackletBook(cfg.keep_best, cfg.end_gap_s, cfg.idle_end_s, cfg.cameras)
+        self.identities = IdentityBook(identity_params(cfg, retrieval))
+        store.load(self.tracklets, self.identities)
+        self.tracklets.resume(time.time())
+        self._counted = dict(self.tracklets.counts)
+        self._last_tick = 0.0
+
+    def add(self, records: list[tuple[FeatureRecord, str]]) -> list[IdentityEvent]:
+        """Add indexed crops (record, thumbnail path); decide what became long enough or ended."""
+        now = time.time()
+        events: list[IdentityEvent] = []
+        for rec, thumbnail in records:  # decisions after every crop: the same records, the same identities
+            t = self.tracklets.add(rec, thumbnail, now)
+            if t is not None and not t.decided and not t.ended and t.n_crops >= self.cfg.min_crops:
+                events += self.identities.decide(t, ended=False, now=time.time())
+            events += self._ended(self.tracklets.due())  # stream time only: a backlog is not idleness
+        self._publish(events)
+        return events
+
+    def tick(self) -> list[IdentityEvent]:
+        """Decide the tracklets that ended while no crop came (call after a poll that came back empty)."""
+        now = time.time()
+        if now - self._last_tick < TICK_S:
+            return []
+        self._last_tick = now
+        events = self._ended(self.tracklets.due(now))
+        if events or self.tracklets.dirty:
+            self._publish(events)
+        return events
+
+    def finish(self) -> list[IdentityEvent]:
+        """The stream is over: every open tracklet ends and is decided."""
+        events = self._ended(self.tracklets.end_all())
+        self._publish(events)
+        return events
+
+    def _ended(self, tracklets: list[Tracklet]) -> list[IdentityEvent]:
+        events = []
+        for t in tracklets:
+            events += self.identities.decide(t, ended=True, now=time.time())
+        return events
+
+    def _publish(self, events: list[IdentityEvent]) -> None:
+        for e in events:
+            self.producer.send(self.topic, encode_identity(e), key=e.tracklet_id.encode())
+            self.metrics.identity_events.labels(e.kind).inc()
+            t = self.tracklets.tracklets.get(e.tracklet_id)
+            if e.ended and t is not None and t.read_at > 0:
+                self.metrics.tracklet_end_to_identity.observe(e.decided_at - t.read_at)
+        self.producer.flush()
+        self.store.save(self.tracklets, self.identities, events)
+        for reason, n in self.tracklets.counts.items():
+            if n > self._counted.get(reason, 0):
+                self.metrics.tracklet_input_refused.labels(reason).inc(n - self._counted.get(reason, 0))
+                self._counted[reason] = n

@@ -1,0 +1,244 @@
+"""Tracklets: per (camera, local track), the crops scored for quality, the best few kept with their part and
+pixel features, and a quality-weighted tracklet feature; a tracklet ends when its camera's stream runs
+`end_gap_s` past its last crop, when nothing of it arrived for `idle_end_s`, or at the end of the stream.
+
+What is indexed and when: every detection still goes to the index (search wants every sighting); the
+identities use the tracklets' best crops only (`keep_best` per tracklet), so identity matching costs
+`keep_best` crops per tracklet instead of every crop (RESULTS.md, IDENTITIES).
+
+Bad input is counted in `TrackletBook.counts`, never raised: a crop of a camera outside `cameras`
+(`unknown_camera`), one older than its tracklet's last (`out_of_order`, kept), one for a tracklet that has
+already ended and was decided (`late`, dropped), and a track id seen again after its tracklet ended or with
+a clock that went back (`track_restart`: a camera reboot restarts its tracker; a new tracklet begins).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pgr.messages import CropFeatures, FeatureRecord
+
+# quality: a crop this tall (pixels) or this sharp (variance of the Laplacian) scores half its best
+HALF_QUALITY_HEIGHT = 128.0
+HALF_QUALITY_SHARPNESS = 60.0
+BORDER_CUT_PENALTY = 0.5
+BORDER_PX = 2.0
+
+
+def crop_quality(box: tuple[float, float, float, float], score: float, jpeg: bytes) -> float:
+    """A crop's quality in (0, 1]: box height, detection score, sharpness and a penalty when the box is cut
+    by the frame's top or left border or is too squat for a whole standing person (the frame size is not in
+    the record, so a cut at the right or bottom shows only through the aspect ratio)."""
+    x1, y1, x2, y2 = box
+    height, width = y2 - y1, x2 - x1
+    size = height / (height + HALF_QUALITY_HEIGHT)
+    sharp = sharpness(jpeg)
+    sharp_term = sharp / (sharp + HALF_QUALITY_SHARPNESS)
+    cut = x1 <= BORDER_PX or y1 <= BORDER_PX or height < 1.5 * width
+    q = size * max(score, 0.05) * max(sharp_term, 0.05) * (BORDER_CUT_PENALTY if cut else 1.0)
+    return float(min(max(q, 1e-6), 1.0))
+
+
+def sharpness(jpeg: bytes) -> float:
+    """Variance of the Laplacian of the crop's grey image (0 when it cannot be decoded)."""
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None or img.size == 0:
+        return 0.0
+    return float(cv2.Laplacian(img, cv2.CV_32F).var())
+
+
+@dataclass
+class KeptCrop:
+    """One of a tracklet's best crops."""
+
+    detection_id: str
+    timestamp: float
+    quality: float
+    thumbnail: str
+    features: CropFeatures
+
+
+@dataclass
+class Tracklet:
+    """One person on one camera, as its local tracker followed them."""
+
+    tracklet_id: str
+    camera_id: str
+    track_id: int
+    first_seen: float
+    last_seen: float
+    last_frame: int
+    feature_sum: np.ndarray  # quality-weighted sum of instance vectors
+    weight_sum: float = 0.0
+    n_crops: int = 0
+    best: list[KeptCrop] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    arrived_at: float = 0.0  # wall clock when its last crop arrived
+    read_at: float = 0.0  # wall clock when its latest crop's frame was read (0: unknown)
+    ended: bool = False
+    decided: bool = False  # matched at least once
+
+    @property
+    def feature(self) -> np.ndarray:
+        """The tracklet feature: the quality-weighted mean instance vector, L2-normalised."""
+        f = self.feature_sum.astype(np.float64)
+        return (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
+
+    @property
+    def thumbnail(self) -> str:
+        """The best crop's thumbnail."""
+        return max(self.best, key=lambda c: c.quality).thumbnail if self.best else ""
+
+    def add(self, rec: FeatureRecord, quality: float, thumbnail: str, keep_best: int) -> None:
+        det = rec.detection
+        self.seen.add(det.detection_id)
+        self.n_crops += 1
+        self.first_seen = min(self.first_seen, det.timestamp)
+        if det.timestamp >= self.last_seen:
+            self.last_seen, self.last_frame = det.timestamp, det.frame_index
+        inst = rec.instance.astype(np.float64)
+        self.feature_sum = self.feature_sum + quality * inst / max(float(np.linalg.norm(inst)), 1e-12)
+        self.weight_sum += quality
+        self.read_at = max(self.read_at, det.read_at)
+        if rec.parts is None or rec.pixels is None:
+            return  # a model without parts/pixels: the tracklet feature is all there is
+        kept = KeptCrop(det.detection_id, det.timestamp, quality, thumbnail, rec.crop_features())
+        self.best = sorted([*self.best, kept], key=lambda c: (-c.quality, c.detection_id))[:keep_best]
+
+
+def tracklet_key(rec: FeatureRecord) -> str:
+    """`camera:track`, or `camera:run:track` for a live source (its detection ids carry the ingest run, so
+    a restarted camera's new tracker never continues an old tracklet); untracked detections are their own."""
+    det = rec.detection
+    parts = det.detection_id.split(":")
+    run = parts[1] if len(parts) == 4 else None
+    track = f"t{det.track_id}" if det.track_id >= 0 else "d" + "-".join(parts[-2:])
+    return ":".join(p for p in (det.camera_id, run, track) if p)
+
+
+class TrackletBook:
+    """The open and ended tracklets of every camera; `add` is idempotent on the detection id."""
+
+    def __init__(
+        self,
+        keep_best: int = 4,
+        end_gap_s: float = 5.0,
+        idle_end_s: float = 10.0,
+        cameras: list[str] | None = None,
+    ) -> None:
+        self.keep_best, self.end_gap_s, self.idle_end_s = keep_best, end_gap_s, idle_end_s
+        self.cameras = None if cameras is None else set(cameras)
+        self.tracklets: dict[str, Tracklet] = {}
+        self.open: set[str] = set()
+        self.current: dict[str, str] = {}  # tracklet key -> id of its latest segment
+        self.segments: Counter[str] = Counter()
+        self.camera_time: dict[str, float] = {}
+        self.counts: Counter[str] = Counter()
+        self.dirty: set[str] = set()
+
+    def add(self, rec: FeatureRecord, thumbnail: str, now: float) -> Tracklet | None:
+        """Add a crop to its tracklet; returns the tracklet, or None when the crop was refused (counted)."""
+        det = rec.detection
+        if self.cameras is not None and det.camera_id not in self.cameras:
+            self.counts["unknown_camera"] += 1
+            return None
+        key = tracklet_key(rec)
+        t = self.tracklets.get(self.current.get(key, ""))
+        for seg in self._segments_of(key):  # redelivered (also into an earlier segment of this track)
+            if det.detection_id in seg.seen:
+                self.counts["duplicate"] += 1
+                return seg
+        if t is not None and (
+            det.timestamp > t.last_seen + self.end_gap_s or det.timestamp < t.first_seen - self.end_gap_s
+        ):
+            if t.ended or det.timestamp < t.first_seen - self.end_gap_s:
+                self.counts["track_restart"] += 1
+                t = None
+        elif t is not None and t.ended:
+            self.counts["late"] += 1
+            return None
+        if t is None:
+            self.segments[key] += 1
+            n = self.segments[key]
+            tid = key if n == 1 else f"{key}+{n}"
+            t = Tracklet(
+                tid,
+                det.camera_id,
+                det.track_id,
+                det.timestamp,
+                det.timestamp,
+                det.frame_index,
+                np.zeros(rec.instance.shape[0], np.float64),
+            )
+            self.tracklets[tid], self.current[key] = t, tid
+            self.open.add(tid)
+        elif det.timestamp < t.last_seen:
+            self.counts["out_of_order"] += 1
+        t.add(rec, crop_quality(det.box, det.score, rec.jpeg), thumbnail, self.keep_best)
+        t.arrived_at = now
+        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
+        self.dirty.add(t.tracklet_id)
+        return t
+
+    def _segments_of(self, key: str) -> list[Tracklet]:
+        n = self.segments.get(key, 0)
+        return [self.tracklets[key if i == 1 else f"{key}+{i}"] for i in range(n, 0, -1)]
+
+    def due(self, now: float | None = None) -> list[Tracklet]:
+        """Tracklets that have just ended: their camera's stream ran `end_gap_s` past them, or (with `now`,
+        when the caller has caught up with its input) nothing of them arrived for `idle_end_s` (wall
+        clock); in the order they were last seen."""
+        out = []
+        for t in (self.tracklets[tid] for tid in self.open):
+            stream = self.camera_time.get(t.camera_id, t.last_seen)
+            idle = now is not None and now - t.arrived_at > self.idle_end_s
+            if stream - t.last_seen > self.end_gap_s or idle:
+                out.append(t)
+        return self._end(out)
+
+    def end_all(self) -> list[Tracklet]:
+        """End every open tracklet (the stream is over)."""
+        return self._end([self.tracklets[tid] for tid in self.open])
+
+    def resume(self, now: float) -> None:
+        """After a restart: the matcher's own downtime does not make an open tracklet idle."""
+        for tid in self.open:
+            self.tracklets[tid].arrived_at = now
+
+    def _end(self, tracklets: list[Tracklet]) -> list[Tracklet]:
+        for t in tracklets:
+            t.ended = True
+            self.open.discard(t.tracklet_id)
+            self.dirty.add(t.tracklet_id)
+        return sorted(tracklets, key=lambda t: (t.last_seen, t.tracklet_id))
+
+
+def features_to_bytes(crops: list[KeptCrop]) -> bytes:
+    """The kept crops' features as one .npz (for the identity store)."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, c in enumerate(crops):
+        f = c.features
+        for name in ("instance", "parts", "part_visibility", "pixels", "pixel_coords"):
+            arrays[f"{i}_{name}"] = getattr(f, name)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def features_from_bytes(raw: bytes, n: int) -> list[CropFeatures]:
+    """The inverse of `features_to_bytes` for `n` crops."""
+    with np.load(io.BytesIO(raw)) as z:
+        return [
+            CropFeatures(
+                **{
+                    k: z[f"{i}_{k}"]
+                    for k in ("instance", "parts", "part_visibility", "pixels", "pixel_coords")
+                }
+            )
+            for i in range(n)
+        ]

@@ -1,0 +1,350 @@
+"""Tracklets and global identities in the matcher, on real crops and features: the PETS 2009 video through
+the real detector, tracker and default re-ID model (module fixture), then the matcher stage over the bus
+and over Kafka as a process that is killed mid-replay and restarted."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+from test_kafka_pipeline import Service
+
+from matcher.identities import IdentityBook, IdentityParams
+from matcher.identity_quality import identity_quality
+from matcher.identity_service import IdentityService
+from matcher.identity_store import IdentityStore, list_identities, timeline
+from matcher.tracklets import Tracklet, TrackletBook, crop_quality
+from pgr.app.cli import main as pgr_main
+from pgr.app.pipeline import build_extractor, run_ingest_stage, run_matcher_stage, run_reid_stage
+from pgr.messages import (
+    Detection,
+    FeatureRecord,
+    IdentityEvent,
+    MalformedRecord,
+    decode_feature,
+    decode_identity,
+    encode_feature,
+    encode_identity,
+)
+from pgr.metrics import PipelineMetrics
+from pgr.settings import IdentitySettings, load_settings
+from pgr.transport import InProcessBus
+from reid.retrieval import RetrievalParams
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory, assets_dir, pets_video):
+    """Settings and the feature records of 70 s of PETS 2009 (real detector, tracker and re-ID model)."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("identities")
+    cfg = {
+        "cameras": [
+            {"id": "pets", "source": str(pets_video), "fps": 2, "max_frames": 500, "start_time": 1231322400.0}
+        ],
+        "ingest": {"detector_weights": str(assets_dir / "weights" / "yolo11n_int8_openvino_model")},
+        "reid": {"device": "cpu"},
+        "matcher": {
+            "milvus_uri": str(tmp / "i.db"),
+            "thumbnails_dir": str(tmp / "thumbs"),
+            "identities": {"min_crops": 3, "end_gap_s": 3.0, "idle_end_s": 6.0},
+        },
+        "metrics": {"port": 0},
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
+    settings = load_settings(tmp / "c.yaml")
+    extractor = build_extractor(settings.reid)
+    bus, stop, done = InProcessBus(capacity=100_000), threading.Event(), threading.Event()
+    metrics = PipelineMetrics()
+    run_ingest_stage(settings, bus, metrics, stop)
+    done.set()
+    run_reid_stage(settings, bus, metrics, stop, done, extractor)
+    records = [decode_feature(m.value) for m in bus.records(settings.topics.features)]
+    assert len(records) >= 100, len(records)
+    return settings, records, extractor, tmp
+
+
+def _service(settings, store: IdentityStore, **changes) -> IdentityService:
+    cfg = settings.matcher.identities.model_copy(update=changes)
+    retrieval = RetrievalParams.from_settings(settings.matcher)
+    return IdentityService(cfg, retrieval, store, InProcessBus(10**6).producer(), "ids", PipelineMetrics())
+
+
+def _partition(store: IdentityStore) -> set[frozenset[str]]:
+    rows = store.db.execute("SELECT identity_id, tracklet_id FROM tracklets").fetchall()
+    groups: dict[str, set[str]] = {}
+    for ident, tid in rows:
+        assert ident is not None, f"tracklet {tid} has no identity"
+        groups.setdefault(ident, set()).add(tid)
+    return {frozenset(g) for g in groups.values()}
+
+
+def _feed(service: IdentityService, records: list[FeatureRecord], batch: int = 16) -> None:
+    for i in range(0, len(records), batch):
+        service.add([(r, "") for r in records[i : i + batch]])
+
+
+def test_matcher_stage_forms_identities_and_answers_queries(pets, tmp_path, capsys):
+    settings, records, extractor, tmp = pets
+    bus, done = InProcessBus(capacity=100_000), threading.Event()
+    producer = bus.producer()
+    for r in records:
+        producer.send(settings.topics.features, encode_feature(r))
+    done.set()
+    run_matcher_stage(settings, bus, PipelineMetrics(), threading.Event(), done, extractor)
+
+    events = [decode_identity(m.value) for m in bus.records(settings.topics.identities)]
+    store = IdentityStore(settings.matcher.identity_store_path)
+    tracks = {(r.detection.camera_id, r.detection.track_id) for r in records if r.detection.track_id >= 0}
+    partition = _partition(store)
+    n_tracklets = sum(len(g) for g in partition)
+    assert n_tracklets >= len(tracks)  # every local track became (at least) one tracklet
+    assert 1 < len(partition) < n_tracklets + 1
+    # the events tell the same story as the store: every identity was created by one event, every
+    # tracklet ended with exactly one decision at its end
+    created = {e.identity_id for e in events if e.kind == "created"}
+    owners = {i for (i,) in store.db.execute("SELECT identity_id FROM tracklets")}
+    assert owners <= created
+    ended = [e.tracklet_id for e in events if e.ended]
+    assert sorted(ended) == sorted(set(ended)) and len(ended) == n_tracklets
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert store.events() == events
+    # one person on one camera is never in two places at once
+    span = "SELECT first_seen, last_seen FROM tracklets WHERE tracklet_id = ?"
+    for group in partition:
+        spans = sorted(store.db.execute(span, (t,)).fetchone() for t in group)
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+    summary = list_identities(store)
+    assert len(summary) == len(partition)
+    assert list_identities(store, camera="elsewhere") == []
+    first = summary[0]
+    line = timeline(store, first.identity_id)
+    assert [e.first_seen for e in line] == sorted(e.first_seen for e in line)
+    assert all(Path(e.thumbnail).is_file() for e in line)
+    assert timeline(store, "id:nobody") == []
+    store.close()
+
+    config = tmp / "c.yaml"
+    assert pgr_main(["identities", "--config", str(config), "--camera", "pets"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{len(partition)} identities")
+    assert pgr_main(["identity", first.identity_id, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"{first.identity_id}: {len(line)} tracklets on 1 cameras" in out
+    assert line[0].thumbnail in out
+    assert pgr_main(["identity", "id:nobody", "--config", str(config)]) == 1
+
+
+def test_redelivered_records_found_no_second_identity(pets, tmp_path):
+    settings, records, _, _ = pets
+    store = IdentityStore(tmp_path / "ids.sqlite")
+    service = _service(settings, store, idle_end_s=1e9)
+    _feed(service, records)
+    _feed(service, records)  # the whole stream again, as after a consumer-group rebalance
+    assert service.tracklets.counts["duplicate"] == len(records)
+    service.finish()
+    once = _partition(store)
+    store.close()
+
+    reference = IdentityStore(tmp_path / "ref.sqlite")
+    ref = _service(settings, reference, idle_end_s=1e9)
+    _feed(ref, records)
+    ref.finish()
+    assert _partition(reference) == once
+    replayed = IdentityStore(tmp_path / "ids.sqlite")
+    assert [e.kind for e in reference.events()] == [e.kind for e in replayed.events()]
+    replayed.close()
+    reference.close()
+
+
+def test_matcher_killed_mid_replay_ends_with_the_same_identities(
+    pets, kafka_bootstrap, write_config, tmp_path, monkeypatch
+):
+    settings, records, _, _ = pets
+    # the reference: one uninterrupted pass of the matcher's own code
+    reference = IdentityStore(tmp_path / "reference.sqlite")
+    ref = _service(settings, reference, idle_end_s=1e9)
+    _feed(ref, records)
+    ref.finish()
+    want = _partition(reference)
+    want_events = {(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in reference.events()}
+    reference.close()
+
+    config = write_config(
+        transport={
+            "kind": "kafka",
+            "bootstrap": kafka_bootstrap,
+            "partitions": 1,
+            "group_prefix": "${PGR_GROUP_PREFIX}",
+            "instance_id": "${PGR_INSTANCE_ID:-}",
+        },
+        reid={"device": "cpu"},
+        topics={"identities": f"ids{time.time_ns()}.identities"},
+        metrics={"port": "${PGR_METRICS_PORT}"},
+        matcher={
+            "milvus_uri": str(tmp_path / "index.db"),
+            "thumbnails_dir": str(tmp_path / "thumbs"),
+            "batch_size": 8,
+            "identities": {"min_crops": 3, "end_gap_s": 3.0, "idle_end_s": 6.0},
+        },
+    )
+    monkeypatch.setenv("PGR_GROUP_PREFIX", "ids")
+    monkeypatch.setenv("PGR_METRICS_PORT", "0")
+    topics = load_settings(config).topics
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for r in records:
+        producer.send(topics.features, encode_feature(r), key=b"pets")
+    producer.flush()
+
+    killed = Service("matcher", config, tmp_path, "ids")
+    killed.wait_metric("pgr_identity_events_total", 3, (("kind", "created"),))
+    killed.stop(signal.SIGKILL)
+    store = IdentityStore(tmp_path / "identities.sqlite")
+    decided_before_kill = len(store.events())
+    store.close()
+    successor = Service("matcher", config, tmp_path, "ids")
+    deadline = time.monotonic() + 240
+    store = IdentityStore(tmp_path / "identities.sqlite")
+    n_tracklets = sum(len(g) for g in want)
+    while sum(1 for e in store.events() if e.ended) < n_tracklets:
+        assert time.monotonic() < deadline, successor.log.read_text()[-3000:]
+        assert successor.proc.poll() is None, successor.log.read_text()[-3000:]
+        time.sleep(1)
+    assert successor.stop() == 0
+    got = _partition(store)
+    got_events = {(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in store.events()}
+    counts = store.counts()
+    store.close()
+    assert 0 < decided_before_kill < len(want_events), "the kill landed mid-replay"
+    assert len(got) == len(want) and got == want
+    assert got_events == want_events
+    assert counts.get("duplicate", 0) <= settings.matcher.batch_size * 2  # at most the uncommitted batches
+
+
+def _det(det_id: str, camera: str, t: float, track: int, frame: int) -> Detection:
+    return Detection(det_id, camera, t, frame, track, (10.0, 10.0, 60.0, 180.0), 0.9)
+
+
+def test_bad_input_is_counted_not_crashed_on(pets, tmp_path):
+    settings, records, _, _ = pets
+    real = records[0]
+
+    def rec(det_id: str, camera: str, t: float, track: int, frame: int) -> FeatureRecord:
+        return dataclasses.replace(real, detection=_det(det_id, camera, t, track, frame))
+
+    book = TrackletBook(keep_best=2, end_gap_s=3.0, idle_end_s=1e9, cameras=["pets"])
+    assert book.add(rec("x:1:t1", "x", 100.0, 1, 1), "", 0.0) is None  # unknown camera
+    a = book.add(rec("pets:10:t1", "pets", 110.0, 1, 10), "", 0.0)
+    assert book.add(rec("pets:9:t1", "pets", 109.0, 1, 9), "", 0.0) is a  # out of order, kept
+    assert (a.first_seen, a.last_seen, a.n_crops) == (109.0, 110.0, 2)
+    book.add(rec("pets:30:t2", "pets", 130.0, 2, 30), "", 0.0)
+    assert [t.tracklet_id for t in book.due(0.0)] == ["pets:t1"]  # the stream ran 20 s past it
+    assert book.add(rec("pets:11:t1", "pets", 110.5, 1, 11), "", 0.0) is None  # late: already decided
+    again = book.add(rec("pets:500:t1", "pets", 150.0, 1, 500), "", 0.0)  # the tracker restarted
+    assert again.tracklet_id == "pets:t1+2" and again is not a
+    back = book.add(rec("pets:3:t2", "pets", 20.0, 2, 3), "", 0.0)  # the camera's clock went back
+    assert back.tracklet_id == "pets:t2+2"
+    assert book.add(rec("pets:10:t1", "pets", 110.0, 1, 10), "", 0.0) is a  # redelivered after all that
+    assert dict(book.counts) == {
+        "unknown_camera": 1,
+        "out_of_order": 1,
+        "late": 1,
+        "track_restart": 2,
+        "duplicate": 1,
+    }
+    assert len(a.best) == 2 and a.feature.shape == real.instance.shape
+
+    # the service counts the same and publishes them as metrics; a record never stops it
+    store = IdentityStore(tmp_path / "bad.sqlite")
+    service = _service(settings, store, cameras=["pets"], idle_end_s=1e9)
+    service.add([(rec("x:1:t1", "x", 100.0, 1, 1), ""), (rec("pets:1:t7", "pets", 100.0, 7, 1), "")])
+    assert service.tracklets.counts["unknown_camera"] == 1
+    assert service.metrics.tracklet_input_refused.labels("unknown_camera")._value.get() == 1
+    store.close()
+
+
+def test_quality_prefers_large_sharp_whole_crops(pets):
+    _, records, _, _ = pets
+    jpeg = max(records, key=lambda r: r.detection.box[3] - r.detection.box[1]).jpeg
+    whole = crop_quality((100.0, 100.0, 180.0, 300.0), 0.9, jpeg)
+    assert crop_quality((100.0, 100.0, 140.0, 200.0), 0.9, jpeg) < whole  # smaller
+    assert crop_quality((100.0, 100.0, 180.0, 300.0), 0.4, jpeg) < whole  # less certain
+    assert crop_quality((0.0, 100.0, 80.0, 300.0), 0.9, jpeg) < whole  # cut by the border
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    blurred = cv2.imencode(".jpg", cv2.GaussianBlur(img, (15, 15), 5))[1].tobytes()
+    assert crop_quality((100.0, 100.0, 180.0, 300.0), 0.9, blurred) < whole  # blurred
+
+
+def test_constraints_keep_an_identity_out_of_two_places(pets):
+    _, records, _, _ = pets
+    feat = records[0]
+
+    def tracklet(tid: str, camera: str, first: float, last: float) -> Tracklet:
+        t = Tracklet(tid, camera, 1, first, last, 0, feat.instance.astype(np.float64))
+        t.add(feat, 0.5, "", 2)
+        t.first_seen, t.last_seen = first, last
+        return t
+
+    params = IdentityParams(threshold=0.0, overlapping=(frozenset({"a", "b"}),), transitions=None)
+    book = IdentityBook(params)
+    e0 = book.decide(tracklet("a:t1", "a", 0.0, 10.0), ended=True, now=1.0)
+    assert [e.kind for e in e0] == ["created"]
+    # the same features: joins when possible, founds when a constraint forbids it
+    assert book.decide(tracklet("b:t1", "b", 5.0, 12.0), True, 1.0)[0].kind == "joined"  # overlapping views
+    assert book.decide(tracklet("a:t2", "a", 8.0, 20.0), True, 1.0)[0].kind == "created"  # one camera
+    assert book.decide(tracklet("c:t1", "c", 9.0, 11.0), True, 1.0)[0].kind == "created"  # c overlaps no one
+    assert book.decide(tracklet("c:t2", "c", 300.0, 310.0), True, 1.0)[0].kind == "joined"
+    transit = IdentityBook(dataclasses.replace(params, transitions={"a>c": 30.0}))
+    transit.decide(tracklet("a:t1", "a", 0.0, 10.0), True, 1.0)
+    assert transit.decide(tracklet("c:t1", "c", 20.0, 30.0), True, 1.0)[0].kind == "created"  # too soon
+    assert transit.decide(tracklet("c:t2", "c", 50.0, 60.0), True, 1.0)[0].kind == "joined"
+    assert transit.decide(tracklet("d:t1", "d", 500.0, 510.0), True, 1.0)[0].kind == "created"  # no link
+
+
+def test_identity_event_record_round_trip_and_refusals():
+    ev = IdentityEvent("moved", "id:pets:t3", "pets:t9", "pets", 10.0, 20.0, 0.91, 7, "id:pets:t1")
+    assert decode_identity(encode_identity(ev)) == ev
+    for bad in (
+        b"{}",
+        b'{"kind":"pgr.identity","version":1,"event":"created"}',
+        encode_identity(ev).replace(b'"moved"', b'"vanished"'),
+        encode_identity(ev).replace(b'"id:pets:t1"', b'""'),
+        encode_identity(ev).replace(b'"seq":7', b'"seq":-1'),
+        encode_identity(ev).replace(b'"score":0.91', b'"score":"high"'),
+        encode_identity(ev).replace(b'"seq":7', b'"seq":7,"extra":1'),
+    ):
+        with pytest.raises(MalformedRecord):
+            decode_identity(bad)
+
+
+def test_identity_quality_figures():
+    truth = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 2}
+    perfect = identity_quality(truth, {"a": "x", "b": "x", "c": "x", "d": "y", "e": "y"})
+    assert (perfect.idf1, perfect.pair_precision, perfect.pair_recall) == (1.0, 1.0, 1.0)
+    split = identity_quality(truth, {"a": "x", "b": "x", "c": "z", "d": "y", "e": "y"})
+    assert split.idf1 == pytest.approx(4 / 5)
+    assert split.pair_precision == 1.0 and split.pair_recall == pytest.approx(2 / 4)
+    assert split.identities_per_true == 1.5
+    merged = identity_quality(truth, {k: "x" for k in truth})
+    assert merged.idf1 == pytest.approx(3 / 5) and merged.pair_precision == pytest.approx(4 / 10)
+
+
+def test_identity_settings_defaults_and_store_path(write_config, tmp_path):
+    matcher = {
+        "milvus_uri": str(tmp_path / "i.db"),
+        "thumbnails_dir": str(tmp_path / "thumbs"),
+        "identities": {"store": "ids/state.sqlite"},
+    }
+    settings = load_settings(write_config(matcher=matcher))
+    assert settings.matcher.identity_store_path == tmp_path / "ids" / "state.sqlite"
+    assert settings.topics.identities == "pgr.identities"
+    assert IdentitySettings().enabled
