@@ -45,7 +45,8 @@ maps: $(STAMP)
 
 results: maps peer speed
 	mkdir -p var/results
-	$(EVAL) $(MARKET) --heads $(HEADS) --map-cache $(MAPS)/market1501 --dataset market1501 --figures var/results/0277_market \
+	$(EVAL) $(MARKET) --heads $(HEADS) --map-cache $(MAPS)/market1501 --dataset market1501 --trivial-queries 100 \
+		--figures var/results/0277_market \
 		--out var/results/0277_market1501.json
 	$(EVAL) $(OCCLUDED) --heads $(OCC_HEADS) --map-cache $(MAPS)/occluded_duke --dataset occluded_duke --trivial-queries 100 \
 		--figures var/results/0277_occluded_duke --out var/results/0277_occluded_duke.json

@@ -63,7 +63,7 @@ class OpenVinoPGRModel:
         core = ov.Core()
         config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}  # not bf16, which CPUs may pick
         config.update(
-            {"PERFORMANCE_HINT": "THROUGHPUT"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
+            {"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
         )
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
         self.request = self.compiled.create_infer_request()

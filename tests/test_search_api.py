@@ -350,10 +350,18 @@ def test_erasure_of_one_detection_and_of_a_person_is_complete_and_audited(served
     assert erasures[-1]["reason"] == "SAR-17" and erasures[-1]["result_count"] == 2
 
 
-def test_the_identity_timeline_waits_for_identities(served):
+def test_the_identity_timeline_comes_from_the_matchers_identities(served):
     settings, _, client = served
-    r = client.get("/api/identities/7/timeline", headers=bearer(client))
-    assert r.status_code == 501 and "issue 12" in r.text
+    r = client.get("/api/identities/no-such-identity/timeline", headers=bearer(client))
+    assert r.status_code == 404
+    from matcher.identity_store import IdentityStore, list_identities
+
+    store = IdentityStore(settings.matcher.identity_store_path)
+    known = list_identities(store)
+    store.close()
+    assert known, "the served index was built by the embedded pipeline, which forms identities"
+    r = client.get(f"/api/identities/{known[0].identity_id}/timeline", headers=bearer(client))
+    assert r.status_code == 200 and r.json()["tracklets"][0]["camera_id"] == known[0].cameras[0]
 
 
 def test_the_api_is_documented(served):
