@@ -36,6 +36,18 @@ def pets_video(assets_dir: Path) -> Path:
     return assets_dir / "video" / "pets2009_vtest.mp4"
 
 
+@pytest.fixture(scope="session")
+def pets_crops(pets_video: Path) -> list:
+    """Three real person crops (BGR) from the first frame of the PETS 2009 sample video."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(pets_video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok, f"cannot read {pets_video}"
+    return [frame[40:240, 100:200].copy(), frame[100:260, 250:330].copy(), frame[150:330, 400:480].copy()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

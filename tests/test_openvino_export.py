@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -14,12 +13,8 @@ from reid.pgr_extractor import PGRExtractor
 
 
 @pytest.fixture(scope="module")
-def crops(assets_dir: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(assets_dir / "video" / "pets2009_vtest.mp4"))
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return [frame[40:240, 100:200].copy(), frame[100:260, 250:330].copy(), frame[150:330, 400:480].copy()]
+def crops(pets_crops: list[np.ndarray]) -> list[np.ndarray]:
+    return pets_crops
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -31,13 +30,9 @@ CHANNELS = {"mobilenetv2": 1280, "efficientnet_lite0": 1280, "resnet50": 2048, "
 
 
 @pytest.fixture(scope="module")
-def crops(assets_dir: Path) -> list[np.ndarray]:
+def crops(pets_crops: list[np.ndarray]) -> list[np.ndarray]:
     """Two real crops from the PETS 2009 sample video."""
-    cap = cv2.VideoCapture(str(assets_dir / "video" / "pets2009_vtest.mp4"))
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return [frame[40:240, 100:200].copy(), frame[100:260, 250:330].copy()]
+    return pets_crops[:2]
 
 
 def weights_for(assets_dir: Path, backbone: str) -> Path | None:
