@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgr.model_files import require_model_file
-from reid.pgr_model import PGROutput, cell_labels, instance_feature, part_features, part_visibility
+from reid.pgr_model import PGROutput, instance_feature, part_features
 
 MAP_HEADS_FORMAT = "pgr-map-heads-v1"
 
@@ -72,25 +72,12 @@ class MapHeads(nn.Module):
         logits = self.part_classifier(x)
         probs = logits.softmax(dim=1)
         mask = probs[:, 1:].sum(dim=1)
-        labels = cell_labels(probs)
         pooled = instance_feature(x, mask)
         parts = part_features(x, probs)
         pooled_out = self.necks[0](pooled)
         parts_out = torch.stack([neck(parts[:, k]) for k, neck in enumerate(self.necks[1:])], dim=1)
-        return PGROutput(
-            features=x,
-            logits=logits,
-            probs=probs,
-            mask=mask,
-            instance=pooled,
-            parts=parts,
-            visibility=part_visibility(labels, self.config.num_parts),
-            labels=labels,
-            foreground=labels != 0,
-            instance_out=self.stored_instance(embeddings.float(), pooled_out),
-            parts_out=parts_out,
-            instance_neck=pooled_out,
-        )
+        stored = self.stored_instance(embeddings.float(), pooled_out)
+        return PGROutput.assemble(x, logits, probs, mask, pooled, parts, stored, parts_out, pooled_out)
 
     def stored_instance(self, embeddings: torch.Tensor, pooled_out: torch.Tensor) -> torch.Tensor:
         """The instance feature inference stores: the embedding, or it beside the weighted pooled one."""

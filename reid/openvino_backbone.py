@@ -13,7 +13,6 @@ of the read model, so X costs nothing extra. The IR takes BGR 0-255 crops of 256
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -87,8 +86,3 @@ class OpenVinoBackbone:
                 np.zeros((0, self.embedding_dim), np.float32),
             )
         return self.run_tensor(self.preprocess(crops))
-
-
-def default_threads() -> int:
-    """OpenVINO threads: $PGR_OV_THREADS, else 0 (OpenVINO's own choice)."""
-    return int(os.environ.get("PGR_OV_THREADS", "0"))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pgr.model_files import require_model_file
-from reid.pgr_model import PGRModel, PGROutput, cell_labels, part_visibility
+from reid.pgr_model import PGRModel, PGROutput
 
 
 class _Exportable(nn.Module):
@@ -62,9 +62,7 @@ class OpenVinoPGRModel:
         xml = require_model_file(xml, "exported PGR model (OpenVINO IR)")
         core = ov.Core()
         config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}  # not bf16, which CPUs may pick
-        config.update(
-            {"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
-        )
+        config.update({"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads})
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.num_parts = num_parts
@@ -73,20 +71,8 @@ class OpenVinoPGRModel:
         res = self.request.infer({0: np.ascontiguousarray(images.float().cpu().numpy())})
         x, logits, instance, parts = (torch.from_numpy(np.array(res[i])) for i in range(4))
         probs = logits.softmax(dim=1)
-        labels = cell_labels(probs)
-        return PGROutput(
-            features=x,
-            logits=logits,
-            probs=probs,
-            mask=probs[:, 1:].sum(dim=1),
-            instance=instance,
-            parts=parts,
-            visibility=part_visibility(labels, self.num_parts),
-            labels=labels,
-            foreground=labels != 0,
-            instance_out=instance,
-            parts_out=parts,
-        )
+        # the exported graph gives the stored (necked) features only: they stand in for the raw ones too
+        return PGROutput.assemble(x, logits, probs, probs[:, 1:].sum(dim=1), instance, parts, instance, parts)
 
 
 def main(argv: list[str] | None = None) -> int:

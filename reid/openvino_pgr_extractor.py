@@ -21,7 +21,7 @@ from reid.map_heads import MapHeads
 from reid.openvino_backbone import OpenVinoBackbone
 from reid.pgr_extractor import crop_features
 from reid.pgr_model import PGROutput
-from reid.pixel_projection import orthogonal_projection
+from reid.pixel_projection import pixel_projection
 
 
 class OpenVinoPGRExtractor:
@@ -50,18 +50,16 @@ class OpenVinoPGRExtractor:
         self.batch_size = batch_size
         self.input_size = (self.backbone.height, self.backbone.width)
         self.part_dtype, self.pixel_dtype = part_dtype, pixel_dtype
-        self.projection = None
-        if pixel_dim is not None and pixel_dim < self.heads.dim:
-            self.projection = orthogonal_projection(self.heads.dim, pixel_dim, projection_seed)
+        self.projection = pixel_projection(self.heads.dim, pixel_dim, projection_seed)
         stem = heads.stem if isinstance(heads, Path) else "in-memory"
         px = "" if self.projection is None else f"-px{pixel_dim}s{projection_seed}"
         self.name = f"pgr-{self.backbone.name}-{stem}{px}"
 
-    @torch.inference_mode()
     def features_of_maps(self, maps: np.ndarray, embeddings: np.ndarray) -> list[CropFeatures]:
         """Stored features from backbone maps (n, c, h, w) and embeddings (n, e) already computed."""
-        out = self.heads(torch.from_numpy(np.asarray(maps)), torch.from_numpy(np.asarray(embeddings)))
-        return crop_features(out, self.projection, self.part_dtype, self.pixel_dtype)
+        return features_of_maps(
+            self.heads, maps, embeddings, self.projection, self.part_dtype, self.pixel_dtype
+        )
 
     @torch.inference_mode()
     def model_output(self, crops: list[np.ndarray]) -> PGROutput:
@@ -76,3 +74,18 @@ class OpenVinoPGRExtractor:
             maps, embs = self.backbone.run(crops[start : start + self.batch_size])
             result.extend(self.features_of_maps(maps, embs))
         return result
+
+
+@torch.inference_mode()
+def features_of_maps(
+    heads: MapHeads,
+    maps: np.ndarray,
+    embeddings: np.ndarray,
+    projection: torch.Tensor | None,
+    part_dtype: type[np.floating] = np.float16,
+    pixel_dtype: type[np.floating] = np.float16,
+) -> list[CropFeatures]:
+    """What the services store for crops whose backbone maps (n, c, h, w) and embeddings (n, e) are known:
+    the heads (in eval mode) and `crop_features`, without the IR (cached maps, training-time validation)."""
+    out = heads(torch.from_numpy(np.asarray(maps)), torch.from_numpy(np.asarray(embeddings)))
+    return crop_features(out, projection, part_dtype, pixel_dtype)

@@ -22,7 +22,7 @@ from pgr.messages import CropFeatures
 from pgr.model_files import model_cache_dir
 from reid.extractor import crops_to_tensor, pick_device
 from reid.pgr_model import PGRConfig, PGRModel, PGROutput
-from reid.pixel_projection import orthogonal_projection
+from reid.pixel_projection import pixel_projection
 
 
 class PGRExtractor:
@@ -77,9 +77,9 @@ class PGRExtractor:
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         if runtime == "openvino":
             self.model = self._openvino(model, checkpoint, export_dir)
-        self.projection = None
-        if pixel_dim is not None and pixel_dim < model.dim:
-            self.projection = orthogonal_projection(model.dim, pixel_dim, projection_seed).to(self.device)
+        self.projection = pixel_projection(model.dim, pixel_dim, projection_seed)
+        if self.projection is not None:
+            self.projection = self.projection.to(self.device)
         trained = "-untrained" if checkpoint is None else f"-{Path(checkpoint).stem}"
         if given:
             trained = "-in-memory"

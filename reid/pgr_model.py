@@ -56,6 +56,36 @@ class PGROutput:
     # the frozen backbone's embedding); the ID loss takes it
     instance_neck: torch.Tensor | None = None
 
+    @classmethod
+    def assemble(
+        cls,
+        features: torch.Tensor,
+        logits: torch.Tensor,
+        probs: torch.Tensor,
+        mask: torch.Tensor,
+        instance: torch.Tensor,
+        parts: torch.Tensor,
+        instance_out: torch.Tensor,
+        parts_out: torch.Tensor,
+        instance_neck: torch.Tensor | None = None,
+    ) -> PGROutput:
+        """The output of any PGR head: cell labels, part visibility and foreground derived from P."""
+        labels = cell_labels(probs)
+        return cls(
+            features=features,
+            logits=logits,
+            probs=probs,
+            mask=mask,
+            instance=instance,
+            parts=parts,
+            visibility=part_visibility(labels, probs.shape[1] - 1),
+            labels=labels,
+            foreground=labels != 0,
+            instance_out=instance_out,
+            parts_out=parts_out,
+            instance_neck=instance_neck,
+        )
+
 
 def instance_feature(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 1: x_ins = sum_ij M_ij X_ij / sum_ij M_ij, for X (n, d, h, w) and M (n, h, w)."""
@@ -124,7 +154,6 @@ class PGRModel(nn.Module):
         logits = self.part_classifier(x)
         probs = logits.softmax(dim=1)
         mask = probs[:, 1:].sum(dim=1)
-        labels = cell_labels(probs)
         instance = instance_feature(x, mask)
         if self.config.backbone_embedding:
             instance = self.backbone.embed_pooled(instance)
@@ -132,19 +161,7 @@ class PGRModel(nn.Module):
         instance_out, parts_out = instance, parts
         if self.necks is not None:
             instance_out, parts_out = self.apply_necks(instance, parts)
-        return PGROutput(
-            features=x,
-            logits=logits,
-            probs=probs,
-            mask=mask,
-            instance=instance,
-            parts=parts,
-            visibility=part_visibility(labels, self.config.num_parts),
-            labels=labels,
-            foreground=labels != 0,
-            instance_out=instance_out,
-            parts_out=parts_out,
-        )
+        return PGROutput.assemble(x, logits, probs, mask, instance, parts, instance_out, parts_out)
 
     def apply_necks(self, instance: torch.Tensor, parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_ins (n, e) and p_k (n, p, d) through their BN-necks."""

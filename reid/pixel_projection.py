@@ -24,6 +24,13 @@ def orthogonal_projection(dim_in: int, dim_out: int, seed: int = 0) -> torch.Ten
     return (q * torch.sign(torch.diagonal(r))).float()  # sign fix makes the result unique
 
 
+def pixel_projection(dim_in: int, pixel_dim: int | None, seed: int = 0) -> torch.Tensor | None:
+    """The fixed projection that stores pixel features at `pixel_dim`; None when they keep `dim_in`."""
+    if pixel_dim is None or pixel_dim >= dim_in:
+        return None
+    return orthogonal_projection(dim_in, pixel_dim, seed)
+
+
 def bytes_per_detection(features: CropFeatures) -> int:
     """Bytes of every array stored for one detection (instance, parts, visibility, pixels, coords)."""
     arrays = (

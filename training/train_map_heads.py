@@ -32,8 +32,8 @@ from tqdm import tqdm
 from pgr.files import write_atomically
 from pgr.settings import StrictModel, read_config, validate_config
 from reid.map_heads import MapHeads, MapHeadsConfig
-from reid.pgr_extractor import crop_features
-from reid.pixel_projection import orthogonal_projection
+from reid.openvino_pgr_extractor import features_of_maps
+from reid.pixel_projection import pixel_projection
 from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
 from training.config import LossConfig
 from training.datasets import Sample, load_dataset
@@ -131,15 +131,11 @@ def erase_cells(x: torch.Tensor, labels: torch.Tensor, p: float, gen: torch.Gene
 def gallery_features(heads: MapHeads, maps: np.ndarray, embs: np.ndarray, pixel_dim: int) -> GalleryFeatures:
     """Stored features of cached rows, as the services would store them (pixels projected, float16)."""
     heads.eval()
-    projection = orthogonal_projection(heads.dim, pixel_dim, 0) if pixel_dim < heads.dim else None
+    projection = pixel_projection(heads.dim, pixel_dim)
     feats = []
-    with torch.inference_mode():
-        for start in range(0, len(maps), 256):
-            out = heads(
-                torch.from_numpy(np.asarray(maps[start : start + 256])),
-                torch.from_numpy(np.asarray(embs[start : start + 256])),
-            )
-            feats.extend(crop_features(out, projection))
+    for start in range(0, len(maps), 256):
+        end = start + 256
+        feats.extend(features_of_maps(heads, maps[start:end], embs[start:end], projection))
     return GalleryFeatures.from_crop_features(feats)
 
 
