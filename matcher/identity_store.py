@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher.forget import forget_in_memory
 from matcher.identities import IdentityBook
+from matcher.tombstones import SCHEMA as TOMBSTONES_SCHEMA
+from matcher.tombstones import tracks_erased_since
 from matcher.tracklets import KeptCrop, Tracklet, TrackletBook, features_from_bytes, features_to_bytes
 from pgr.messages import IdentityEvent, decode_identity, encode_identity
 
@@ -42,24 +45,28 @@ class IdentityStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        # an erasure holds the write lock while it deletes (matcher/forget.py): wait for it rather than fail
+        self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + TOMBSTONES_SCHEMA)
+        self.erasures_seen = 0  # the last erasure request this writer's books have applied
 
     def close(self) -> None:
         self.db.close()
 
     def save(self, book: TrackletBook, identities: IdentityBook, events: list[IdentityEvent]) -> None:
         """Write the tracklets changed since the last save, the memberships, counters and `events`."""
-        state = {
-            "seq": identities.seq,
-            "members": identities.members,
-            "current": book.current,
-            "segments": dict(book.segments),
-            "camera_time": book.camera_time,
-            "counts": dict(book.counts),
-        }
         with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # the write lock first: no erasure commits until this does
+            events = self._forget_erased(book, identities, events)
+            state = {
+                "seq": identities.seq,
+                "members": identities.members,
+                "current": book.current,
+                "segments": dict(book.segments),
+                "camera_time": book.camera_time,
+                "counts": dict(book.counts),
+            }
             for tid in sorted(book.dirty):
                 t = book.tracklets[tid]
                 meta = {
@@ -99,6 +106,15 @@ class IdentityStore:
             )
             self.db.execute("INSERT OR REPLACE INTO state VALUES ('book', ?)", (json.dumps(state),))
         book.dirty.clear()
+
+    def _forget_erased(
+        self, book: TrackletBook, identities: IdentityBook, events: list[IdentityEvent]
+    ) -> list[IdentityEvent]:
+        """Drop from the books what erasures since the last save deleted from this file (an erasure commits
+        its deletions and tombstones together: matcher/forget.py), and the events about it."""
+        hashes, self.erasures_seen = tracks_erased_since(self.db, self.erasures_seen)
+        gone, emptied = forget_in_memory(book, identities, hashes)
+        return [e for e in events if e.tracklet_id not in gone and e.identity_id not in emptied]
 
     def load(self, book: TrackletBook, identities: IdentityBook) -> None:
         """Restore what `save` wrote into empty books."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pgr.validation import is_camera_id
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
 UNAVAILABLE = 2  # pymilvus's code for a server it cannot reach: worth retrying, it may come back
+_ID_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # nothing to escape in a filter expression
 _OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model", "read_at", "indexed_at"]
 
 
@@ -239,6 +241,26 @@ class DetectionIndex:
         )
         return [_to_detection(r["id"], r) for r in rows]
 
+    def of_track(
+        self, camera: str, track_id: int, id_prefix: str | None = None, limit: int = 4096
+    ) -> list[IndexedDetection]:
+        """Detections of one local track of a camera (ids starting with `id_prefix` when given: one ingest
+        run's), at most `limit` (call again after deleting them)."""
+        if self.dim is None:
+            return []
+        expr = f"{_filter([camera], None, None)} and track == {int(track_id)}"
+        if id_prefix is not None:
+            if not _ID_PREFIX.fullmatch(id_prefix):
+                raise ValueError(f"bad detection id prefix {id_prefix!r}")
+            expr += f' and id like "{id_prefix}%"'
+        rows = self._retry(
+            "query",
+            lambda: self.client.query(
+                self.collection, filter=expr, output_fields=["id", *_OUTPUT], limit=limit
+            ),
+        )
+        return [_to_detection(r["id"], r) for r in rows]
+
     def count_by_camera(self, cameras: list[str]) -> dict[str, int]:
         """Rows per camera, for the cameras named."""
         out = dict.fromkeys(cameras, 0)
@@ -278,6 +300,19 @@ class DetectionIndex:
             ),
         )
         return [_to_detection(h["id"], h["entity"], score=float(h["distance"])) for h in res[0]]
+
+    def compact(self) -> None:
+        """Ask the index to rewrite its segments without deleted rows (after an erasure). A Milvus server
+        compacts; milvus-lite has no manual compaction (its size-tiered compaction drops deleted rows when it
+        next merges their segment), and a failure here never undoes the deletion: both are logged."""
+        if self.dim is None:
+            return
+        try:
+            self.client.compact(self.collection)
+        except Exception as exc:  # the rows are deleted already; compaction only reclaims their space
+            log.warning("milvus compaction after an erasure failed: %s", exc)
+        if "://" not in self.uri:
+            log.info("milvus-lite keeps deleted rows in their segment files until it compacts them")
 
     def close(self) -> None:
         """Close the client; for a milvus-lite file also stop its in-process server, which releases the
