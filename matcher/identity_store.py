@@ -18,6 +18,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +26,18 @@ from matcher.forget import forget_in_memory
 from matcher.identities import IdentityBook
 from matcher.tombstones import SCHEMA as TOMBSTONES_SCHEMA
 from matcher.tombstones import tracks_erased_since
-from matcher.tracklets import KeptCrop, Tracklet, TrackletBook, features_from_bytes, features_to_bytes
-from pgr.messages import IdentityEvent, decode_identity, encode_identity
+from matcher.tracklets import (
+    KeptCrop,
+    Tracklet,
+    TrackletBook,
+    detection_key,
+    features_from_bytes,
+    features_to_bytes,
+)
+from pgr.messages import Detection, IdentityEvent, decode_identity, encode_identity
+
+if TYPE_CHECKING:
+    from matcher.index import IndexedDetection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracklets (
@@ -236,3 +247,17 @@ def list_identities(
             )
         )
     return sorted(out, key=lambda s: (-s.last_seen, s.identity_id))
+
+
+def identity_of(store: IdentityStore, detection: Detection | IndexedDetection) -> str | None:
+    """The identity whose tracklet saw this detection (None: not linked yet, or identities are off)."""
+    key = detection_key(detection)
+    rows = store.db.execute(  # the track's tracklet and its later segments `key+2`...: a range of the key
+        "SELECT identity_id, meta FROM tracklets WHERE identity_id IS NOT NULL AND "
+        "(tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?))",
+        (key, key + "+", key + ","),
+    )
+    for ident, meta in rows:
+        if detection.detection_id in json.loads(meta)["seen"]:
+            return ident
+    return None

@@ -9,8 +9,9 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi import Path as PathParam
 
 from matcher.erasure import UnknownIdentity, erase_identity
-from matcher.identity_store import IdentityStore, timeline
+from matcher.identity_store import IdentityStore, identity_of, timeline
 from pgr.app.web.auth import AdminUser, CurrentUser
+from pgr.app.web.routes.detections import DetectionId
 from pgr.app.web.schemas import IdentityErasure, IdentityErasureOut
 
 router = APIRouter(tags=["identities"])
@@ -32,6 +33,28 @@ def identity_timeline(identity_id: IdentityId, request: Request, user: CurrentUs
     if not entries:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no identity {identity_id!r}")
     return {"identity": identity_id, "tracklets": [vars(e) for e in entries]}
+
+
+@router.get("/detections/{det_id}/identity")
+def identity_of_detection(det_id: DetectionId, request: Request, user: CurrentUser) -> dict:
+    """The global identity a detection belongs to (the person as the matcher linked their tracklets):
+    {"detection_id", "identity_id"}. 404 when the detection is not indexed or not linked to one (yet)."""
+    state = request.app.state.pgr
+    with state.lock:
+        found = state.index.get([det_id])
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {det_id!r} in the index")
+    path = state.settings.matcher.identity_store_path
+    ident = None
+    if path.exists():
+        store = IdentityStore(path)
+        try:
+            ident = identity_of(store, found[0])
+        finally:
+            store.close()
+    if ident is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"detection {det_id!r} belongs to no identity")
+    return {"detection_id": det_id, "identity_id": ident}
 
 
 @router.post("/identities/{identity_id}/erasure", response_model=IdentityErasureOut)
