@@ -11,6 +11,9 @@ moment the transaction commits, indexes nothing of those tracks again; records o
 writing are found by one side or the other (the matcher re-checks its batch after its index write, the
 eraser reads the index after its commit).
 
+Erasing detections (`erase_detections`) deletes their index rows, thumbnails and features, takes them out of
+their tracklets in the identity store, and tombstones their ids.
+
 The identity store is written with SQLite's secure_delete and its write-ahead log truncated afterwards, so
 the deleted rows are overwritten in the file, not merely unlinked.
 
@@ -20,12 +23,14 @@ the deleted rows are overwritten in the file, not merely unlinked.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from matcher.feature_store import FeatureStore
-from matcher.forget import forget_in_store
+from matcher.forget import forget_detections_in_store, forget_in_store
 from matcher.identity_store import IdentityStore
 from matcher.index import DetectionIndex, IndexedDetection
 from matcher.retention import erase
@@ -73,26 +78,16 @@ def erase_identity(
     """Erase everything stored about one identity (see the module docstring); UnknownIdentity if none."""
     if not Path(store_path).is_file():
         raise UnknownIdentity(f"no identity {identity_id!r}: the matcher has formed no identities yet")
-    store = IdentityStore(store_path)
-    db = store.db
-    try:
-        db.execute("PRAGMA secure_delete = ON")
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            tids = [
-                t
-                for (t,) in db.execute(
-                    "SELECT tracklet_id FROM tracklets WHERE identity_id = ?", (identity_id,)
-                )
-            ]
-            if not tids:
-                raise UnknownIdentity(_why_unknown(db, identity_id))
-            keys = {track_of(t) for t in tids}
-            forgot = forget_in_store(db, keys)
-            request = record_erasure(db, "identity", forgot.detection_ids, keys, subject=identity_id)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log's copies of the deleted pages go too
-    finally:
-        store.close()
+    with _erasing(store_path) as db:
+        tids = [
+            t
+            for (t,) in db.execute("SELECT tracklet_id FROM tracklets WHERE identity_id = ?", (identity_id,))
+        ]
+        if not tids:
+            raise UnknownIdentity(_why_unknown(db, identity_id))
+        keys = {track_of(t) for t in tids}
+        forgot = forget_in_store(db, keys)
+        request = record_erasure(db, "identity", forgot.detection_ids, keys, subject=identity_id)
     seen = sorted(forgot.detection_ids)
     deleted = 0
     for i in range(0, len(seen), _PAGE):
@@ -126,18 +121,30 @@ def erase_detections(
     features: FeatureStore,
     ids: list[str],
 ) -> list[IndexedDetection]:
-    """Erase these detections (index rows, thumbnails, features) and tombstone every id asked for, found or
-    not yet indexed; returns the detections that were found (and are now gone)."""
-    store = IdentityStore(store_path)
-    try:
-        with store.db:
-            record_erasure(store.db, "detections", ids)
-    finally:
-        store.close()
+    """Erase these detections (index rows, thumbnails, features; in their tracklets, the id and a kept crop)
+    and tombstone every id asked for, found or not yet indexed; returns the detections found (now gone)."""
     found = index.get(ids)
+    with _erasing(store_path) as db:
+        record_erasure(db, "detections", ids)
+        forget_detections_in_store(db, found)
     erase(index, thumbnails, features, found)
     index.compact()
     return found
+
+
+@contextlib.contextmanager
+def _erasing(store_path: Path) -> Iterator[sqlite3.Connection]:
+    """The identity store's file in one write transaction that overwrites what it deletes; afterwards its
+    write-ahead log is checkpointed and truncated, so no copy of a deleted page stays in the log."""
+    store = IdentityStore(store_path)
+    try:
+        store.db.execute("PRAGMA secure_delete = ON")
+        with store.db:
+            store.db.execute("BEGIN IMMEDIATE")
+            yield store.db
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()
 
 
 def _why_unknown(db: sqlite3.Connection, identity_id: str) -> str:

@@ -1,13 +1,18 @@
-"""Forgetting local tracks in the identity state: the identity store's rows and the running matcher's books.
+"""Forgetting erased tracks and detections in the identity state: the identity store's rows and the running
+matcher's books.
 
-What is forgotten is every tracklet of an erased local track (all its segments), its events, and any
-identity left without tracklets. Both sides apply the same rule:
+For an erased local track: every tracklet of it (all its segments), its events, and any identity left
+without tracklets. For an erased detection: its id in its tracklet's crops seen and, when it is one of the
+tracklet's kept best crops, that crop (features and thumbnail path; events naming the thumbnail lose it).
+The tracklet's mean feature keeps the detection's share (it is an average over the whole track). Both sides
+apply the same rule:
 
-- the eraser (`pgr serve`, `pgr erase`) deletes the rows in the store, in the transaction that writes the
-  tombstones (`forget_in_store`);
-- a running matcher, whose books still hold those tracklets, drops them at its next save, inside the
-  store's write lock, before it writes anything (`forget_in_memory`, called by `IdentityStore.save`): its
-  save can never write back what an erasure deleted, and a matcher started later loads a state without them.
+- the eraser (`pgr serve`, `pgr erase`) changes the rows in the store, in the transaction that writes the
+  tombstones (`forget_in_store`, `forget_detections_in_store`);
+- a running matcher, whose books still hold them, drops them at its next save, inside the store's write
+  lock, before it writes anything (`forget_in_memory`, `forget_detections_in_memory`, called by
+  `IdentityStore.save`): its save never writes back what an erasure deleted, and a matcher started later
+  loads a state without them.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from matcher.identities import IdentityBook
 from matcher.tombstones import tombstone, track_of
-from matcher.tracklets import TrackletBook
-from pgr.messages import decode_identity
+from matcher.tracklets import KeptCrop, TrackletBook, detection_key, features_from_bytes, features_to_bytes
+from pgr.messages import decode_identity, encode_identity
+
+if TYPE_CHECKING:
+    from matcher.index import IndexedDetection
 
 
 @dataclass
@@ -96,3 +105,57 @@ def forget_in_memory(
         book.segments.pop(key, None)  # a later crop of the track (none passes the tombstones) starts afresh
         book.current.pop(key, None)
     return gone, emptied
+
+
+def forget_detections_in_store(db: sqlite3.Connection, detections: list[IndexedDetection]) -> int:
+    """Take these detections out of their tracklets' rows (crops seen, kept crops) and their thumbnails out
+    of the events that name them (inside the caller's write transaction); returns the tracklets changed."""
+    changed = 0
+    thumbs = {d.thumbnail for d in detections if d.thumbnail}
+    for d in detections:
+        key = detection_key(d)
+        rows = db.execute(
+            "SELECT tracklet_id, n_crops, meta, crops FROM tracklets "
+            "WHERE tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?)",
+            (key, key + "+", key + ","),
+        ).fetchall()
+        for tid, n, meta_s, crops in rows:
+            meta = json.loads(meta_s)
+            if d.detection_id not in meta["seen"]:
+                continue
+            meta["seen"].remove(d.detection_id)
+            feats = features_from_bytes(crops, len(meta["best"])) if crops else []
+            best = [KeptCrop(*c, f) for c, f in zip(meta["best"], feats, strict=True)]
+            best = [c for c in best if c.detection_id != d.detection_id]
+            meta["best"] = [[c.detection_id, c.timestamp, c.quality, c.thumbnail] for c in best]
+            top = max(best, key=lambda c: c.quality).thumbnail if best else ""
+            db.execute(
+                "UPDATE tracklets SET n_crops = ?, thumbnail = ?, meta = ?, crops = ? WHERE tracklet_id = ?",
+                (n - 1, top, json.dumps(meta), features_to_bytes(best) if best else None, tid),
+            )
+            changed += 1
+    if changed and thumbs:
+        for seq, body in db.execute("SELECT seq, body FROM events").fetchall():
+            e = decode_identity(bytes(body))
+            if e.thumbnail in thumbs:
+                plain = encode_identity(replace(e, thumbnail=""))
+                db.execute("UPDATE events SET body = ? WHERE seq = ?", (plain, seq))
+    return changed
+
+
+def forget_detections_in_memory(book: TrackletBook, detection_tombstones: Iterable[str]) -> set[str]:
+    """Take the detections with these tombstones out of a matcher's tracklets (crops seen, kept crops);
+    returns the tracklets changed (marked to be saved)."""
+    hashes = set(detection_tombstones)
+    if not hashes:
+        return set()
+    changed = set()
+    for t in book.tracklets.values():
+        erased = {i for i in t.seen if tombstone(i) in hashes}
+        if erased:
+            t.seen -= erased
+            t.best = [c for c in t.best if c.detection_id not in erased]
+            t.n_crops -= len(erased)
+            book.dirty.add(t.tracklet_id)
+            changed.add(t.tracklet_id)
+    return changed

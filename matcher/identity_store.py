@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matcher.forget import forget_in_memory
+from matcher.forget import forget_detections_in_memory, forget_in_memory
 from matcher.identities import IdentityBook
 from matcher.tombstones import SCHEMA as TOMBSTONES_SCHEMA
-from matcher.tombstones import tracks_erased_since
+from matcher.tombstones import erased_since
 from matcher.tracklets import (
     KeptCrop,
     Tracklet,
@@ -123,8 +123,9 @@ class IdentityStore:
     ) -> list[IdentityEvent]:
         """Drop from the books what erasures since the last save deleted from this file (an erasure commits
         its deletions and tombstones together: matcher/forget.py), and the events about it."""
-        hashes, self.erasures_seen = tracks_erased_since(self.db, self.erasures_seen)
-        gone, emptied = forget_in_memory(book, identities, hashes)
+        tracks, detections, self.erasures_seen = erased_since(self.db, self.erasures_seen)
+        gone, emptied = forget_in_memory(book, identities, tracks)
+        forget_detections_in_memory(book, detections)
         return [e for e in events if e.tracklet_id not in gone and e.identity_id not in emptied]
 
     def load(self, book: TrackletBook, identities: IdentityBook) -> None:

@@ -69,13 +69,14 @@ def record_erasure(
     return request
 
 
-def tracks_erased_since(db: sqlite3.Connection, request: int) -> tuple[set[str], int]:
-    """The track tombstones of requests after `request`, and the latest request number."""
+def erased_since(db: sqlite3.Connection, request: int) -> tuple[set[str], set[str], int]:
+    """The track and detection tombstones of the requests after `request`, and the latest request number."""
     last = db.execute("SELECT COALESCE(MAX(request), 0) FROM erasures").fetchone()[0]
     if last <= request:
-        return set(), request
-    rows = db.execute("SELECT hash FROM erased_tracks WHERE request > ?", (request,))
-    return {h for (h,) in rows}, int(last)
+        return set(), set(), request
+    tracks = {h for (h,) in db.execute("SELECT hash FROM erased_tracks WHERE request > ?", (request,))}
+    dets = {h for (h,) in db.execute("SELECT hash FROM erased_detections WHERE request > ?", (request,))}
+    return tracks, dets, int(last)
 
 
 def _present(db: sqlite3.Connection, table: str, hashes: list[str]) -> set[str]:

@@ -8,13 +8,14 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import operator_config
 from fastapi.testclient import TestClient
 
 from matcher.detection_files import detection_path
-from matcher.erasure import UnknownIdentity, erase_identity
+from matcher.erasure import UnknownIdentity, erase_detections, erase_identity
 from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore, list_identities, timeline
@@ -303,3 +304,55 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     restarted.close()
     assert not any(track_of(t) == key for t in _tracklets(store_path))
     assert not any(p.exists() for p in _files(settings, [r.detection.detection_id for r in of_key]))
+
+
+def test_erasing_a_kept_crop_takes_it_out_of_its_tracklet_in_the_store_and_the_running_matcher(
+    records, tmp_path_factory
+):
+    settings, recs, model_dim = records
+    tmp = tmp_path_factory.mktemp("kept")
+    m = settings.matcher.model_copy(
+        update={
+            "milvus_uri": str(tmp / "pgr.db"),
+            "thumbnails_dir": tmp / "thumbnails",
+            "features_dir": tmp / "features",
+        }
+    )
+    settings = settings.model_copy(update={"matcher": m})
+    store_path = m.identity_store_path
+    matcher = _Matcher(settings, model_dim)
+    matcher.feed(recs)
+    matcher.identities.finish()
+    # the best crop of the longest tracklet: its tracklet's thumbnail, features kept in the store
+    tracklet = max(matcher.identities.tracklets.tracklets.values(), key=lambda t: (t.n_crops, t.tracklet_id))
+    crop = max(tracklet.best, key=lambda c: c.quality)
+    row = "SELECT n_crops, thumbnail, meta FROM tracklets WHERE tracklet_id = ?"
+    store = IdentityStore(store_path)
+    n, thumb, meta = store.db.execute(row, (tracklet.tracklet_id,)).fetchone()
+    store.close()
+    assert thumb == crop.thumbnail and crop.detection_id in json.loads(meta)["seen"]
+    assert _quoted(crop.detection_id) in _disk_bytes(store_path)
+
+    (found,) = erase_detections(store_path, *matcher.stores, [crop.detection_id])
+    assert found.detection_id == crop.detection_id and not Path(crop.thumbnail).exists()
+    store = IdentityStore(store_path)
+    n2, thumb2, meta2 = store.db.execute(row, (tracklet.tracklet_id,)).fetchone()
+    assert n2 == n - 1 and thumb2 and thumb2 != crop.thumbnail
+    meta2 = json.loads(meta2)
+    assert crop.detection_id not in meta2["seen"] and crop.detection_id not in [c[0] for c in meta2["best"]]
+    assert not any(e.thumbnail == crop.thumbnail for e in store.events())
+    store.close()
+    disk = _disk_bytes(store_path)
+    assert _quoted(crop.detection_id) not in disk and crop.thumbnail.encode() not in disk
+
+    # the running matcher forgets it at its next save (its replayed record is dropped), and keeps it out
+    (replayed,) = [r for r in recs if r.detection.detection_id == crop.detection_id]
+    matcher.feed([replayed])
+    assert crop.detection_id not in tracklet.seen and crop not in tracklet.best
+    assert tracklet.n_crops == n - 1 and counter_total(matcher.metrics.records_erased) == 1
+    matcher.close()
+    store = IdentityStore(store_path)
+    n3, _, meta3 = store.db.execute(row, (tracklet.tracklet_id,)).fetchone()
+    store.close()
+    assert n3 == n - 1 and crop.detection_id not in json.loads(meta3)["seen"]
+    assert _quoted(crop.detection_id) not in _disk_bytes(store_path)
