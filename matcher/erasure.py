@@ -23,15 +23,13 @@ the deleted rows are overwritten in the file, not merely unlinked.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from matcher.feature_store import FeatureStore
 from matcher.forget import forget_detections_in_store, forget_in_store
-from matcher.identity_store import IdentityStore
+from matcher.identity_store import overwriting
 from matcher.index import DetectionIndex, IndexedDetection
 from matcher.retention import erase
 from matcher.thumbnails import ThumbnailStore
@@ -78,7 +76,7 @@ def erase_identity(
     """Erase everything stored about one identity (see the module docstring); UnknownIdentity if none."""
     if not Path(store_path).is_file():
         raise UnknownIdentity(f"no identity {identity_id!r}: the matcher has formed no identities yet")
-    with _erasing(store_path) as db:
+    with overwriting(store_path) as db:
         tids = [
             t
             for (t,) in db.execute("SELECT tracklet_id FROM tracklets WHERE identity_id = ?", (identity_id,))
@@ -124,27 +122,12 @@ def erase_detections(
     """Erase these detections (index rows, thumbnails, features; in their tracklets, the id and a kept crop)
     and tombstone every id asked for, found or not yet indexed; returns the detections found (now gone)."""
     found = index.get(ids)
-    with _erasing(store_path) as db:
+    with overwriting(store_path) as db:
         record_erasure(db, "detections", ids)
         forget_detections_in_store(db, found)
     erase(index, thumbnails, features, found)
     index.compact()
     return found
-
-
-@contextlib.contextmanager
-def _erasing(store_path: Path) -> Iterator[sqlite3.Connection]:
-    """The identity store's file in one write transaction that overwrites what it deletes; afterwards its
-    write-ahead log is checkpointed and truncated, so no copy of a deleted page stays in the log."""
-    store = IdentityStore(store_path)
-    try:
-        store.db.execute("PRAGMA secure_delete = ON")
-        with store.db:
-            store.db.execute("BEGIN IMMEDIATE")
-            yield store.db
-        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        store.close()
 
 
 def _why_unknown(db: sqlite3.Connection, identity_id: str) -> str:

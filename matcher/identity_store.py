@@ -13,16 +13,18 @@ and the operator app:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matcher.forget import forget_detections_in_memory, forget_in_memory
+from matcher.forget import forget_detections_in_memory, forget_expired_in_memory, forget_in_memory
 from matcher.identities import IdentityBook
 from matcher.tombstones import SCHEMA as TOMBSTONES_SCHEMA
 from matcher.tombstones import erased_since
@@ -121,11 +123,15 @@ class IdentityStore:
     def _forget_erased(
         self, book: TrackletBook, identities: IdentityBook, events: list[IdentityEvent]
     ) -> list[IdentityEvent]:
-        """Drop from the books what erasures since the last save deleted from this file (an erasure commits
-        its deletions and tombstones together: matcher/forget.py), and the events about it."""
-        tracks, detections, self.erasures_seen = erased_since(self.db, self.erasures_seen)
-        gone, emptied = forget_in_memory(book, identities, tracks)
-        forget_detections_in_memory(book, detections)
+        """Drop from the books what erasures and retention runs since the last save deleted from this file
+        (each commits its deletions and its request together: matcher/forget.py), and the events about it."""
+        pending = erased_since(self.db, self.erasures_seen)
+        self.erasures_seen = pending.last
+        gone, emptied = forget_in_memory(book, identities, pending.tracks)
+        forget_detections_in_memory(book, pending.detections)
+        for cutoffs in pending.cutoffs:
+            expired, emptied_now = forget_expired_in_memory(book, identities, cutoffs)
+            gone, emptied = gone | expired, emptied | emptied_now
         return [e for e in events if e.tracklet_id not in gone and e.identity_id not in emptied]
 
     def load(self, book: TrackletBook, identities: IdentityBook) -> None:
@@ -262,3 +268,20 @@ def identity_of(store: IdentityStore, detection: Detection | IndexedDetection) -
         if detection.detection_id in json.loads(meta)["seen"]:
             return ident
     return None
+
+
+@contextlib.contextmanager
+def overwriting(path: Path) -> Iterator[sqlite3.Connection]:
+    """The store at `path` in one write transaction that overwrites what it deletes (SQLite secure_delete),
+    for erasures and retention; after it the write-ahead log is checkpointed and truncated, so no copy of a
+    deleted page stays in the log (unless a reader still holds an older snapshot: then at the next
+    checkpoint)."""
+    store = IdentityStore(path)
+    try:
+        store.db.execute("PRAGMA secure_delete = ON")
+        with store.db:
+            store.db.execute("BEGIN IMMEDIATE")
+            yield store.db
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()

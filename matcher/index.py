@@ -227,19 +227,25 @@ class DetectionIndex:
             self._retry("delete", lambda: self.client.delete(self.collection, ids=present))
         return len(present)
 
-    def older_than(self, ts: float, limit: int = 16384) -> list[IndexedDetection]:
-        """Detections seen before `ts` (unix seconds), at most `limit` (call again after deleting them)."""
+    def older_than(
+        self,
+        ts: float,
+        limit: int = 16384,
+        cameras: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> list[IndexedDetection]:
+        """Detections seen before `ts` (unix seconds), of `cameras` only or of all but `exclude` when given,
+        at most `limit` (call again after deleting them)."""
         if self.dim is None:
             return []
         if not math.isfinite(ts):
             raise ValueError(f"ts must be a finite time, got {ts!r}")
-        rows = self._retry(
-            "query",
-            lambda: self.client.query(
-                self.collection, filter=f"ts < {float(ts)!r}", output_fields=["id", *_OUTPUT], limit=limit
-            ),
-        )
-        return [_to_detection(r["id"], r) for r in rows]
+        expr = f"ts < {float(ts)!r}"
+        if cameras is not None:
+            expr += f" and {_filter(cameras, None, None)}"
+        if exclude:
+            expr += f" and not ({_filter(exclude, None, None)})"
+        return self._rows(expr, limit)
 
     def of_track(
         self, camera: str, track_id: int, id_prefix: str | None = None, limit: int = 4096
@@ -253,6 +259,10 @@ class DetectionIndex:
             if not _ID_PREFIX.fullmatch(id_prefix):
                 raise ValueError(f"bad detection id prefix {id_prefix!r}")
             expr += f' and id like "{id_prefix}%"'
+        return self._rows(expr, limit)
+
+    def _rows(self, expr: str, limit: int) -> list[IndexedDetection]:
+        """The detections a filter expression selects, at most `limit`."""
         rows = self._retry(
             "query",
             lambda: self.client.query(

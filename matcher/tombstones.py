@@ -13,16 +13,19 @@ ledger (the `erasures` request list and the two tombstone tables) lives in the i
 so an identity erasure, its tombstones and the identity state change in one transaction (see
 matcher/identity_erasure.py); it is created there even when identities are off.
 
-Retention does not leave tombstones: a replayed record older than the retention period is deleted again by
-the next purge.
+The ledger also lists retention runs (their cutoffs), so that a running matcher forgets the expired
+tracklets it holds in memory as it forgets erased ones (matcher/forget.py). Retention leaves no tombstones:
+a replayed record older than the retention period is deleted again by the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcher.tracklets import detection_key
@@ -30,7 +33,7 @@ from pgr.messages import Detection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS erasures (
-    request INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, subject TEXT);
+    request INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, subject TEXT, cutoffs TEXT);
 CREATE TABLE IF NOT EXISTS erased_detections (hash TEXT PRIMARY KEY, request INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS erased_tracks (hash TEXT PRIMARY KEY, request INTEGER NOT NULL);
 """
@@ -69,14 +72,61 @@ def record_erasure(
     return request
 
 
-def erased_since(db: sqlite3.Connection, request: int) -> tuple[set[str], set[str], int]:
-    """The track and detection tombstones of the requests after `request`, and the latest request number."""
+@dataclass(frozen=True)
+class Cutoffs:
+    """A retention run's cutoffs (unix seconds): what was seen before them has expired. `default` holds for
+    every camera not in `cameras`; None: nothing of those cameras expires."""
+
+    default: float | None
+    cameras: dict[str, float | None] = field(default_factory=dict)
+
+    def of(self, camera_id: str) -> float | None:
+        return self.cameras.get(camera_id, self.default)
+
+    def to_json(self) -> str:
+        return json.dumps({"default": self.default, "cameras": self.cameras}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Cutoffs:
+        raw = json.loads(text)
+        return cls(raw["default"], raw["cameras"])
+
+
+def record_retention(db: sqlite3.Connection, cutoffs: Cutoffs) -> int:
+    """Write a retention run (inside the caller's transaction), for the matchers to apply; returns its
+    number. It leaves no tombstones: a replayed record that old is purged again by the next run."""
+    cur = db.execute(
+        "INSERT INTO erasures (time, kind, cutoffs) VALUES (?, 'retention', ?)",
+        (time.time(), cutoffs.to_json()),
+    )
+    return int(cur.lastrowid)
+
+
+@dataclass
+class Pending:
+    """What the requests after a given one ask a matcher to forget."""
+
+    tracks: set[str] = field(default_factory=set)  # tombstones
+    detections: set[str] = field(default_factory=set)  # tombstones
+    cutoffs: list[Cutoffs] = field(default_factory=list)  # retention runs, in order
+    last: int = 0  # the latest request
+
+
+def erased_since(db: sqlite3.Connection, request: int) -> Pending:
+    """The tombstones and retention runs of the requests after `request`."""
     last = db.execute("SELECT COALESCE(MAX(request), 0) FROM erasures").fetchone()[0]
+    out = Pending(last=max(int(last), request))
     if last <= request:
-        return set(), set(), request
-    tracks = {h for (h,) in db.execute("SELECT hash FROM erased_tracks WHERE request > ?", (request,))}
-    dets = {h for (h,) in db.execute("SELECT hash FROM erased_detections WHERE request > ?", (request,))}
-    return tracks, dets, int(last)
+        return out
+    out.tracks = {h for (h,) in db.execute("SELECT hash FROM erased_tracks WHERE request > ?", (request,))}
+    out.detections = {
+        h for (h,) in db.execute("SELECT hash FROM erased_detections WHERE request > ?", (request,))
+    }
+    rules = db.execute(
+        "SELECT cutoffs FROM erasures WHERE request > ? AND kind = 'retention' ORDER BY request", (request,)
+    )
+    out.cutoffs = [Cutoffs.from_json(c) for (c,) in rules]
+    return out
 
 
 def _present(db: sqlite3.Connection, table: str, hashes: list[str]) -> set[str]:

@@ -195,7 +195,8 @@ class TrackletBook:
 
     def _segments_of(self, key: str) -> list[Tracklet]:
         n = self.segments.get(key, 0)
-        return [self.tracklets[key if i == 1 else f"{key}+{i}"] for i in range(n, 0, -1)]
+        ids = (key if i == 1 else f"{key}+{i}" for i in range(n, 0, -1))
+        return [self.tracklets[t] for t in ids if t in self.tracklets]  # expired segments are forgotten
 
     def due(self, now: float | None = None) -> list[Tracklet]:
         """Tracklets that have just ended: their camera's stream ran `end_gap_s` past them, or (with `now`,

@@ -20,6 +20,7 @@ from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore, list_identities, timeline
 from matcher.index import DetectionIndex
+from matcher.retention import DAY, Retention, purge_expired
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones, track_of
@@ -306,23 +307,29 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     assert not any(p.exists() for p in _files(settings, [r.detection.detection_id for r in of_key]))
 
 
-def test_erasing_a_kept_crop_takes_it_out_of_its_tracklet_in_the_store_and_the_running_matcher(
-    records, tmp_path_factory
-):
+def _fed(records, folder):
+    """A matcher with its index, files and identity store in an empty folder, fed the whole clip (its
+    tracklets ended and decided): the settings, records, model and the matcher."""
     settings, recs, model_dim = records
-    tmp = tmp_path_factory.mktemp("kept")
     m = settings.matcher.model_copy(
         update={
-            "milvus_uri": str(tmp / "pgr.db"),
-            "thumbnails_dir": tmp / "thumbnails",
-            "features_dir": tmp / "features",
+            "milvus_uri": str(folder / "pgr.db"),
+            "thumbnails_dir": folder / "thumbnails",
+            "features_dir": folder / "features",
         }
     )
     settings = settings.model_copy(update={"matcher": m})
-    store_path = m.identity_store_path
     matcher = _Matcher(settings, model_dim)
     matcher.feed(recs)
     matcher.identities.finish()
+    return settings, recs, model_dim, matcher
+
+
+def test_erasing_a_kept_crop_takes_it_out_of_its_tracklet_in_the_store_and_the_running_matcher(
+    records, tmp_path_factory
+):
+    settings, recs, model_dim, matcher = _fed(records, tmp_path_factory.mktemp("kept"))
+    store_path = settings.matcher.identity_store_path
     # the best crop of the longest tracklet: its tracklet's thumbnail, features kept in the store
     tracklet = max(matcher.identities.tracklets.tracklets.values(), key=lambda t: (t.n_crops, t.tracklet_id))
     crop = max(tracklet.best, key=lambda c: c.quality)
@@ -356,3 +363,35 @@ def test_erasing_a_kept_crop_takes_it_out_of_its_tracklet_in_the_store_and_the_r
     store.close()
     assert n3 == n - 1 and crop.detection_id not in json.loads(meta3)["seen"]
     assert _quoted(crop.detection_id) not in _disk_bytes(store_path)
+
+
+def test_a_running_matcher_forgets_expired_tracklets_at_its_next_save(records, tmp_path_factory):
+    settings, recs, model_dim, matcher = _fed(records, tmp_path_factory.mktemp("expired"))
+    store_path = settings.matcher.identity_store_path
+    book, identities = matcher.identities.tracklets, matcher.identities.identities
+    cutoff = min(r.detection.timestamp for r in recs) + 3.0
+    old = {tid for tid, t in book.tracklets.items() if t.last_seen < cutoff}
+    assert old and set(book.tracklets) - old
+
+    retention, now = Retention(None, {"gate": 2.0}), cutoff + 2 * DAY  # the cutoff falls mid-clip
+    purged = purge_expired(*matcher.stores, now, retention, store_path)
+    young = [r for r in recs if r.detection.timestamp >= cutoff]
+    assert purged.tracklets == len(old) and purged.detections == len(recs) - len(young)
+    matcher.identities.finish()  # a save: the matcher applies the retention run to its memory
+    assert not old & set(book.tracklets) and not any(
+        c.timestamp < cutoff for t in book.tracklets.values() for c in t.best
+    )
+    assert all(m in identities.tracklets for ms in identities.members.values() for m in ms)
+    assert set(_tracklets(store_path)) == set(book.tracklets)  # the store as the memory, nothing written back
+    matcher.close()
+
+    # restarted, and fed the whole clip again: the expired crops come back (no tombstones) without harm, and
+    # the next run deletes them again
+    restarted = _Matcher(settings, model_dim)
+    assert set(restarted.identities.tracklets.tracklets) == set(_tracklets(store_path))
+    restarted.feed(recs)
+    restarted.identities.finish()
+    assert restarted.index.count() == len(recs)
+    again = purge_expired(*restarted.stores, now, retention, store_path)
+    assert again.detections == len(recs) - len(young) and restarted.index.count() == len(young)
+    restarted.close()

@@ -339,20 +339,26 @@ def _serve(args) -> int:
 def _user(args) -> int:
     import getpass
 
-    from pgr.app.web.auth import UserStore
+    from pgr.app.web.auth import Sessions, UserStore
 
     settings = load_settings(args.config, check_models=False)
     users = UserStore(settings.users_file)
+    sessions = Sessions(settings.serve.session_hours, settings.sessions_file)
     if args.delete:
         users.delete(args.name)
-        print(f"account {args.name} removed")
+        sessions.end_user(args.name)
+        print(f"account {args.name} removed (and logged out)")
         return 0
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
     else:
         password = sys.stdin.readline().rstrip("\n")
     users.set(args.name, password, args.role)
-    print(f"account {args.name} ({args.role}) saved in {settings.users_file}")
+    ended = sessions.end_user(args.name)  # a new password or role: its open sessions end
+    print(
+        f"account {args.name} ({args.role}) saved in {settings.users_file}"
+        + (" (logged out)" if ended else "")
+    )
     return 0
 
 

@@ -126,6 +126,7 @@ class CameraStatus(BaseModel):
     id: str
     detections: int
     files: int = Field(description="files indexed for it with `pgr index`")
+    retention_days: float | None = Field(description="how long its detections are kept (null: until erased)")
 
 
 class Status(BaseModel):

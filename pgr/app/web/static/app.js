@@ -45,8 +45,10 @@ async function showSearch(me) {
   for (const cam of status.cameras) {
     box.append(el("label", {}, el("input", { type: "checkbox", value: cam.id, name: "camera" }), ` ${cam.id} (${cam.detections})`));
   }
+  const kept = (days) => (days ? `kept ${days} days` : "kept until erased");
+  const own = status.cameras.filter((c) => c.retention_days !== status.retention_days).map((c) => `${c.id} ${kept(c.retention_days)}`);
   $("status-line").textContent = `${status.detections} detections indexed; model ${status.model}; ` +
-    (status.retention_days ? `kept ${status.retention_days} days` : "kept until erased");
+    kept(status.retention_days) + (own.length ? ` (${own.join(", ")})` : "");
 }
 
 async function start() {
