@@ -67,9 +67,8 @@ def forget_detections_in_store(db: sqlite3.Connection, detections: list[IndexedD
         ).fetchall()
         for tid, n, meta, crops in rows:
             if d.detection_id in json.loads(meta)["seen"]:
-                thumbs |= _rewrite(
-                    db, tid, n, meta, crops, lambda c, i=d.detection_id: c.detection_id == i, {d.detection_id}
-                )
+                ids = {d.detection_id}
+                thumbs |= _rewrite(db, tid, n, meta, crops, lambda c, ids=ids: c.detection_id in ids, ids)
                 thumbs.add(d.thumbnail)
                 changed += 1
     _blank_thumbnails(db, thumbs - {""})
