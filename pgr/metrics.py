@@ -31,7 +31,12 @@ class PipelineMetrics:
         self.camera_reconnects = Counter(
             "pgr_camera_reconnects", "Live streams that dropped and were reopened", ["camera"], registry=r
         )
-        self.camera_up = Gauge("pgr_camera_up", "1 while the camera is open", ["camera"], registry=r)
+        self.camera_up = Gauge(
+            "pgr_camera_up",
+            "1 while the camera is open, 0 while it is not (absent once a file source has ended)",
+            ["camera"],
+            registry=r,
+        )
         self.detections = Counter("pgr_detections", "Persons detected", ["camera"], registry=r)
         self.crops_published = Counter(
             "pgr_crops_published", "Crop records published", ["camera"], registry=r
@@ -39,6 +44,23 @@ class PipelineMetrics:
         self.features_extracted = Counter("pgr_features_extracted", "Feature records published", registry=r)
         self.records_indexed = Counter(
             "pgr_records_indexed", "Feature records written to the index", registry=r
+        )
+        self.index_write_errors = Counter(
+            "pgr_index_write_errors",
+            "Index writes that failed: unavailable (an attempt the index did not answer; the batch is "
+            "retried) or refused (a row the index refused; the record is dead-lettered)",
+            ["reason"],
+            registry=r,
+        )
+        self.gallery_size = Gauge(
+            "pgr_gallery_size", "Detections in the index, as the matcher last counted them", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "pgr_consumer_lag",
+            "Records of a partition the stage's consumer group has not committed (end offset minus the "
+            "group's committed offset), per partition this consumer owns",
+            ["stage", "topic", "partition"],
+            registry=r,
         )
         self.dead_lettered = Counter(
             "pgr_dead_lettered", "Malformed records sent to the dead-letter topic", ["stage"], registry=r

@@ -19,6 +19,7 @@ from pgr.errors import BrokerUnavailable
 from pgr.membership import release_instance_id, static_instance_id
 
 log = logging.getLogger(__name__)
+LAG_TIMEOUT_MS = 2000  # a lag look-up never holds a consumer longer than this per request
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Producer(Protocol):
 class Consumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
     def commit(self) -> None: ...
+    def lag(self) -> dict[tuple[str, int], int]: ...
     def close(self) -> None: ...
 
 
@@ -163,6 +165,10 @@ class _BusConsumer:
         with self._bus._cond:
             for t, pos in self._position.items():
                 self._bus._commit(t, self._group, pos)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Uncommitted records per (topic, partition); the bus has one partition per topic."""
+        return {(t, 0): self._bus.lag(t, self._group) for t in self._topics}
 
     def close(self) -> None:
         pass
@@ -330,6 +336,22 @@ class _KafkaConsumer:
             if not exc.retriable:
                 raise
             log.warning("commit failed (%s); the batch will be redelivered", exc)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """End offset minus the group's committed offset, per partition this consumer owns now (a partition
+        never committed counts from its first offset). Raises KafkaError when the broker does not answer
+        within LAG_TIMEOUT_MS."""
+        parts = sorted(self._c.assignment() or set())
+        if not parts:
+            return {}
+        end = self._c.end_offsets(parts, timeout_ms=LAG_TIMEOUT_MS)
+        committed = {p: self._c.committed(p, timeout_ms=LAG_TIMEOUT_MS) for p in parts}
+        never = [p for p in parts if committed[p] is None]
+        first = self._c.beginning_offsets(never, timeout_ms=LAG_TIMEOUT_MS) if never else {}
+        return {
+            (p.topic, p.partition): max(end[p] - (first[p] if committed[p] is None else committed[p]), 0)
+            for p in parts
+        }
 
     def close(self) -> None:
         self._c.close(autocommit=False)

@@ -17,7 +17,7 @@ from matcher.index import DetectionIndex
 from matcher.index_check import check_rows_against_files
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
-from pgr.consume_loop import consume_loop
+from pgr.consume_loop import LagReporter, consume_loop
 from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
@@ -123,7 +123,14 @@ def run_reid_stage(
     worker = ReidWorker(extractor, producer, settings.topics.features, settings.topics.dead_letter, metrics)
     consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
     try:
-        consume_loop(consumer, worker.handle, stop, upstream_done, max_records=settings.reid.batch_size)
+        consume_loop(
+            consumer,
+            worker.handle,
+            stop,
+            upstream_done,
+            max_records=settings.reid.batch_size,
+            lag=LagReporter(metrics, "reid"),
+        )
     finally:
         producer.close()
 
@@ -163,6 +170,7 @@ def run_matcher_stage(
         metrics,
         model=model,
         identities=identities,
+        stop=stop,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
@@ -174,6 +182,7 @@ def run_matcher_stage(
             max_records=m.batch_size,
             tick=worker.tick,
             finish=worker.finish,
+            lag=LagReporter(metrics, "matcher"),
         )
     finally:
         producer.close()
