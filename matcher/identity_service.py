@@ -12,7 +12,7 @@ import time
 
 from matcher.identities import IdentityBook, IdentityParams
 from matcher.identity_store import IdentityStore
-from matcher.tracklets import Tracklet, TrackletBook
+from matcher.tracklets import INPUT_REASONS, Tracklet, TrackletBook
 from pgr.messages import IDENTITY_EVENTS, FeatureRecord, IdentityEvent, encode_identity
 from pgr.metrics import PipelineMetrics
 from pgr.settings import IdentitySettings
@@ -56,6 +56,8 @@ class IdentityService:
         self._last_tick = 0.0
         for kind in IDENTITY_EVENTS:  # exported at 0: "no identity event for a while" is then a query
             metrics.identity_events.labels(kind)
+        for reason in INPUT_REASONS:
+            metrics.tracklet_input_refused.labels(reason)
 
     def add(self, records: list[tuple[FeatureRecord, str]]) -> list[IdentityEvent]:
         """Add indexed crops (record, thumbnail path); decide what became long enough or ended."""

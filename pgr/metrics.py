@@ -16,11 +16,33 @@ def counter_total(counter: Counter) -> float:
     return sum(s.value for s in counter.collect()[0].samples if s.name.endswith("_total"))
 
 
-class PipelineMetrics:
+class ServedRegistry:
+    """A process' own registry of metrics, which it can serve over HTTP."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics; returns the bound port (port 0 picks a free one). Raises PortInUse (one line)
+        when the port is taken, Unavailable when the host cannot be bound."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            where = f"metrics port {port} on {host}"
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"{where} is in use: set metrics.port (PGR_METRICS_PORT), 0 picks one"
+                ) from None
+            raise Unavailable(f"cannot serve {where}: {exc.strerror} (metrics.host, metrics.port)") from None
+        return server.server_address[1]
+
+
+class PipelineMetrics(ServedRegistry):
     """The counters and histograms the stages update. Each service process owns one instance."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.frames_read = Counter("pgr_frames_read", "Frames decoded", ["camera"], registry=r)
         self.frames_dropped = Counter(
             "pgr_frames_dropped", "Frames lost: corrupt or unreadable", ["camera", "reason"], registry=r
@@ -98,16 +120,15 @@ class PipelineMetrics:
             registry=r,
         )
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics; returns the bound port (port 0 picks a free one). Raises PortInUse (one line)
-        when the port is taken, Unavailable when the host cannot be bound."""
-        try:
-            server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            where = f"metrics port {port} on {host}"
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"{where} is in use: set metrics.port (PGR_METRICS_PORT), 0 picks one"
-                ) from None
-            raise Unavailable(f"cannot serve {where}: {exc.strerror} (metrics.host, metrics.port)") from None
-        return server.server_address[1]
+
+class ServeMetrics(ServedRegistry):
+    """The search server's metrics (`pgr serve`, when `serve.metrics_port` is set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.search_latency = Histogram(
+            "pgr_search_seconds",
+            "Time to answer a search (POST /api/search): the query's features and the ranking",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )

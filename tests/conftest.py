@@ -81,7 +81,7 @@ def write_config(tmp_path: Path, assets_dir: Path):
             "metrics": {"port": 0},
         }
         for key, value in overrides.items():
-            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+            cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgr.paths import REPO
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now (on 127.0.0.1)."""
@@ -126,16 +128,30 @@ def metric_total(samples: dict[tuple[str, tuple], float], name: str) -> float:
 
 
 class StageProcess:
-    """A `pgr run STAGE --config CONFIG` process with its own metrics port (PGR_METRICS_PORT), its output
-    in `log`. `env` adds to (or overrides) this process' environment."""
+    """A `pgr run STAGE --config CONFIG` process (`pgr serve` for stage "serve"; `args`, when given, are the
+    `pgr` arguments instead) started in the repository, with its own metrics port (PGR_METRICS_PORT; a free
+    one unless `port` is given) and its output in `log`. `env` adds to (or overrides) this process'
+    environment."""
 
-    def __init__(self, stage: str, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.stage, self.config, self.log, self.port = stage, config, log, free_port()
+    def __init__(
+        self,
+        stage: str,
+        config: Path | None,
+        log: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        args: list[str] | None = None,
+    ) -> None:
+        self.stage, self.config, self.log, self.port = stage, config, log, port or free_port()
         env = {**os.environ, **(env or {}), "PGR_METRICS_PORT": str(self.port)}
+        if args is None:
+            args = ["serve"] if stage == "serve" else ["run", stage]
+            args += ["--config", str(config)]
         with log.open("a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pgr.app.cli", "run", stage, "--config", str(config)],
+                [sys.executable, "-m", "pgr.app.cli", *args],
                 env=env,
+                cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
