@@ -244,8 +244,13 @@ class KafkaTransport:
 
 class _KafkaProducer:
     """Sends are retried by the client until `delivery_timeout_ms` (a broker outage shorter than that
-    loses nothing); `flush` raises if any record of the batch could not be delivered, so a stage never
-    commits its input after a silent loss."""
+    loses nothing). A broker that lost the producer's state (a restart) makes the client fail the batches
+    in flight while it recovers (a new producer id): those records are sent again, at most RESEND_ROUNDS
+    times (a record may then be in the topic twice; every consumer is idempotent on the record's id).
+    `flush` raises if any record could still not be delivered, so a stage never commits its input after a
+    silent loss."""
+
+    RESEND_ROUNDS = 3
 
     def __init__(self, t: KafkaTransport) -> None:
         from kafka import KafkaProducer
@@ -261,27 +266,60 @@ class _KafkaProducer:
                 bootstrap_timeout_ms=t.bootstrap_timeout_ms,
                 **t.options,
             )
-        self._pending: list = []
+        self._pending: list[_Sent] = []
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self._pending.append(self._p.send(topic, value=value, key=key))
+        self._send(topic, value, key, attempt=1)
+
+    def _send(self, topic: str, value: bytes, key: bytes | None, attempt: int) -> None:
+        self._pending.append(_Sent(self._p.send(topic, value=value, key=key), topic, value, key, attempt))
         if len(self._pending) >= 256:  # a long-running producer (a live camera) rarely flushes
-            self._check([f for f in self._pending if f.is_done])
-            self._pending = [f for f in self._pending if not f.is_done]
+            self._settle()
 
     def flush(self) -> None:
-        self._p.flush(timeout=180)
-        pending, self._pending = self._pending, []
-        self._check(pending)
+        while self._pending:
+            self._p.flush(timeout=180)
+            self._settle()
 
-    @staticmethod
-    def _check(futures: list) -> None:
-        failed = [f.exception for f in futures if f.failed()]
+    def _settle(self) -> None:
+        """Forget the records delivered; send again those the producer failed while recovering its state;
+        raise for any other failure."""
+        done = [p for p in self._pending if p.future.is_done]
+        self._pending = [p for p in self._pending if not p.future.is_done]
+        failed = [p for p in done if p.future.failed()]
+        fatal = [p for p in failed if p.attempt >= self.RESEND_ROUNDS or not _resendable(p.future.exception)]
+        if fatal:
+            raise RuntimeError(f"{len(failed)} records not delivered: {fatal[0].future.exception!r}")
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(futures)} records not delivered: {failed[0]!r}")
+            log.warning("%d records failed while the producer recovered; sending them again", len(failed))
+        for p in failed:
+            self._send(p.topic, p.value, p.key, p.attempt + 1)
 
     def close(self) -> None:
         self._p.close(timeout=10)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A record handed to the Kafka client, kept until it is delivered."""
+
+    future: object
+    topic: str
+    value: bytes
+    key: bytes | None
+    attempt: int
+
+
+def _resendable(exc: BaseException | None) -> bool:
+    """A record failed because the broker lost the producer's state, not because of the record."""
+    from kafka import errors
+
+    producer_state = (
+        errors.OutOfOrderSequenceNumberError,
+        errors.UnknownProducerIdError,
+        errors.InvalidProducerEpochError,
+    )
+    return isinstance(exc, producer_state)
 
 
 class _KafkaConsumer:

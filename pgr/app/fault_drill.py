@@ -199,7 +199,15 @@ class Drill:
             self.start(name)
         for p in self.procs.values():
             p.wait_ready(timeout_s=300)
-        self.index = DetectionIndex(self.milvus.uri, "detections")
+
+    def indexed(self) -> DetectionIndex:
+        """The drill's client of the index, once the matcher has created its collection."""
+        if self.index is not None and self.index.dim is None:
+            self.index.close()
+            self.index = None
+        if self.index is None:
+            self.index = DetectionIndex(self.milvus.uri, "detections")
+        return self.index
 
     def kill(self, name: str) -> None:
         self.procs[name].stop(signal.SIGKILL)
@@ -237,7 +245,7 @@ class Drill:
             self._check_services()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} records not indexed after {timeout_s:.0f}s")
-            found = self.index.row_counts(pending)
+            found = self.indexed().row_counts(pending)
             self.confirmed.update(found)
             pending = [i for i in pending if i not in found]
             if pending:
@@ -353,15 +361,15 @@ def _count(drill: Drill, rows: list[FaultRow], crops: int, seconds: float) -> Dr
     """Lost, duplicated and dead-lettered per fault, from the index and the dead-letter topic."""
     letters = [json.loads(m.value) for m in topic_messages(drill.bootstrap, drill.topics["dead_letter"])]
     for k, row in enumerate(rows):
-        counts = drill.index.row_counts(row.ids)
+        counts = drill.indexed().row_counts(row.ids)
         row.published = len(row.ids)
         row.indexed = len(counts)
         row.lost = row.published - row.indexed
         row.duplicated = sum(n - 1 for n in counts.values())
         until = rows[k + 1].started if k + 1 < len(rows) else float("inf")
         row.dead_lettered = sum(1 for d in letters if row.started <= d["failed_at"] < until)
-    published_rows = sum(drill.index.row_counts([i for r in rows for i in r.ids]).values())
-    extra = drill.index.count() - published_rows
+    published_rows = sum(drill.indexed().row_counts([i for r in rows for i in r.ids]).values())
+    extra = drill.indexed().count() - published_rows
     origins = [(d["source_topic"], d["stage"]) for d in letters]
     injected = [(drill.topics["crops"], "reid")] * len(MALFORMED_CROPS)
     injected += [(drill.topics["features"], "matcher")] * len(MALFORMED_FEATURES)
