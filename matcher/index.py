@@ -227,11 +227,11 @@ class DetectionIndex:
         counts: dict[str, int] = {}
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
-            quoted = ", ".join(f'"{i}"' for i in part)
+            quoted, limit = ", ".join(f'"{i}"' for i in part), 4 * len(part)
             rows = self._retry(
                 "query",
-                lambda q=quoted, n=len(part): self.client.query(
-                    self.collection, filter=f"id in [{q}]", output_fields=["id"], limit=4 * n
+                lambda q=quoted, n=limit: self.client.query(
+                    self.collection, filter=f"id in [{q}]", output_fields=["id"], limit=n
                 ),
             )
             for r in rows:

@@ -364,13 +364,21 @@ class _KafkaConsumer:
         """Commit what was polled. A commit refused because the group rebalanced (a broker restart, a
         worker joining) or a transient broker error is logged, not raised: the records are then delivered
         again to the partition's owner, and the matcher's upsert makes that harmless."""
-        from kafka.errors import CommitFailedError, KafkaError
+        from kafka import errors
 
+        # the group changed under this member (a rebalance under way, a new generation, a member id the
+        # coordinator forgot): not this batch's fault
+        membership = (
+            errors.CommitFailedError,
+            errors.RebalanceInProgressError,
+            errors.IllegalGenerationError,
+            errors.UnknownMemberIdError,
+        )
         try:
             self._c.commit()
-        except CommitFailedError as exc:
+        except membership as exc:
             log.warning("commit refused after a rebalance; the batch will be redelivered: %s", exc)
-        except KafkaError as exc:
+        except errors.KafkaError as exc:
             if not exc.retriable:
                 raise
             log.warning("commit failed (%s); the batch will be redelivered", exc)

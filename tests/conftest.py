@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgr.app.local_stack import free_port, start_noida, stop_noida
+from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida
 from pgr.paths import REPO
 from pgr.paths import assets_dir as _assets_dir
 
@@ -58,6 +58,16 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         yield f"127.0.0.1:{port}"
     finally:
         stop_noida(proc)
+
+
+@pytest.fixture
+def milvus_server(tmp_path: Path):
+    """A milvus-lite server on loopback over this test's folder: an index several processes share by URI."""
+    server = MilvusLiteServer(tmp_path / "milvus").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from pgr.app.local_stack import (
-    MilvusLiteServer,
     StageProcess,
     free_port,
     scrape,
@@ -154,14 +153,13 @@ def _local_environment(service: dict, local: dict[str, str], var: Path, assets: 
 
 
 @pytest.mark.kafka
-def test_each_pgr_service_starts_from_the_compose_config(tmp_path, assets_dir):
+def test_each_pgr_service_starts_from_the_compose_config(tmp_path, assets_dir, milvus_server):
     c = compose()
     services = c["services"]
     assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
-    broker_port = free_port()
+    broker_port, milvus = free_port(), milvus_server
     (tmp_path / "kafka").mkdir()
     broker = start_noida(broker_port, tmp_path / "kafka")
-    milvus = MilvusLiteServer(tmp_path / "milvus").start()
     local = {
         "kafka:9092": f"127.0.0.1:{broker_port}",
         "http://milvus:19530": milvus.uri,
@@ -213,7 +211,6 @@ def test_each_pgr_service_starts_from_the_compose_config(tmp_path, assets_dir):
         for p in procs.values():
             if p.proc.poll() is None:
                 p.stop()
-        milvus.stop()
         stop_noida(broker)
 
 

@@ -251,14 +251,22 @@ def _stills(folder: Path, video: Path, good: int, corrupt: int) -> Path:
     return folder
 
 
+@pytest.fixture
+def camera(pets_video):
+    """A live camera on loopback streaming PETS 2009 frames."""
+    cam = LoopbackCamera(video_frames(pets_video, 60, every=2), fps=4)
+    try:
+        yield cam
+    finally:
+        cam.close()
+
+
 def test_prometheus_scrapes_every_service_and_fires_and_resolves_each_alert(
-    kafka_bootstrap, write_config, pets_video, assets_dir, tmp_path
+    kafka_bootstrap, write_config, pets_video, camera, milvus_server, tmp_path
 ):
-    t_start = time.time()
-    camera = LoopbackCamera(video_frames(pets_video, 60, every=2), fps=4)
+    t_start, milvus = time.time(), milvus_server
     good, corrupt = 12, 4
     stills = _stills(tmp_path / "stills", pets_video, good, corrupt)
-    milvus = MilvusLiteServer(tmp_path / "milvus").start()
     group = f"prom{uuid.uuid4().hex[:6]}"
     config = write_config(
         transport={
@@ -427,13 +435,11 @@ def test_prometheus_scrapes_every_service_and_fires_and_resolves_each_alert(
         letters = [json.loads(m.value) for m in topic_messages(kafka_bootstrap, topics.dead_letter)]
         assert len({(d["source_topic"], d["partition"], d["offset"]) for d in letters}) == 3
     finally:
-        camera.close()
         for p in procs.values():
             if p.proc.poll() is None:
                 p.stop(signal.SIGKILL)
         if prometheus is not None:
             prometheus.stop()
-        milvus.stop()
 
 
 def _rows(milvus: MilvusLiteServer, settings) -> int:

@@ -106,6 +106,7 @@ class Feeder:
         self.feed, self.producer, self.topic, self.rate = feed, producer, topic, rate
         self.sent_at: dict[int, float] = {}
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def publish(self, seqs: range) -> None:
         """Start publishing `seqs` (returns at once; `join` waits for the last send)."""
@@ -114,8 +115,8 @@ class Feeder:
             t0 = time.monotonic()
             for k, seq in enumerate(seqs):
                 delay = t0 + k / self.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                if self._stop.wait(max(delay, 0)):
+                    return
                 _, key, value = self.feed.record(seq)
                 self.producer.send(self.topic, value, key=key)
                 self.sent_at[seq] = time.time()
@@ -131,6 +132,11 @@ class Feeder:
         if self._thread is not None:
             self._thread.join()
 
+    def stop(self) -> None:
+        """Stop publishing (the drill is ending) and wait for the thread."""
+        self._stop.set()
+        self.join()
+
     def ids_before(self, t: float) -> list[str]:
         return [self.feed.detection_id(s) for s, at in list(self.sent_at.items()) if at < t]
 
@@ -138,31 +144,31 @@ class Feeder:
 class Drill:
     """The processes of one drill and the faults done to them."""
 
-    def __init__(self, work: Path, crops: int, rate: float, outage_s: float, reid_workers: int = 2) -> None:
-        self.work, self.crops, self.rate, self.outage_s = work, crops, rate, outage_s
+    def __init__(self, work: Path, outage_s: float, reid_workers: int = 2) -> None:
+        self.work, self.outage_s = work, outage_s
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.assets = assets_dir()
+        video = self.assets / "video" / "pets2009_vtest.mp4"
+        self.feed = CropFeed(person_crops(video, self.assets / "weights" / "yolo11n_int8_openvino_model"))
+        self.topics = {"crops": "drill.crops", "features": "drill.features", "dead_letter": "drill.dead"}
+        self.procs: dict[str, StageProcess] = {}
+        self.reid_names = [f"reid{i}" for i in range(reid_workers)]
+        self.index: DetectionIndex | None = None
+        self.confirmed: set[str] = set()
+        self.camera = LoopbackCamera(video_frames(video, 80, every=2), fps=4)
+        self.camera.go_down()  # it streams only during its phase
         self.broker_port, self.broker_dir = free_port(), work / "broker"
         self.broker_dir.mkdir(exist_ok=True)
         self.bootstrap = f"127.0.0.1:{self.broker_port}"
         self.broker = start_noida(self.broker_port, self.broker_dir)
-        self.milvus = MilvusLiteServer(work / "milvus").start()
-        video = self.assets / "video" / "pets2009_vtest.mp4"
-        self.camera = LoopbackCamera(video_frames(video, 80, every=2), fps=4)
-        self.camera.go_down()  # it streams only during its phase
-        self.topics = {
-            "crops": "drill.crops",
-            "features": "drill.features",
-            "dead_letter": "drill.deadletter",
-        }
+        try:
+            self.milvus = MilvusLiteServer(work / "milvus").start()
+        except BaseException:
+            stop_noida(self.broker)
+            self.camera.close()
+            raise
         self.config = self._write_config()
-        self.procs: dict[str, StageProcess] = {}
-        self.reid_names = [f"reid{i}" for i in range(reid_workers)]
-        weights = self.assets / "weights" / "yolo11n_int8_openvino_model"
-        self.feed = CropFeed(person_crops(video, weights))
-        self.index: DetectionIndex | None = None
-        self.confirmed: set[str] = set()
 
     def _write_config(self) -> Path:
         weights = self.assets / "weights"
@@ -290,8 +296,8 @@ def run_drill(
     keep = work is not None
     work = work or Path(tempfile.mkdtemp(prefix="pgr-drill-"))
     t0 = time.monotonic()
-    drill = Drill(work, crops, rate, outage_s)
-    producer = None
+    drill = Drill(work, outage_s)
+    producer = feeder = None
     try:
         progress(f"drill: {crops} crops at {rate:g}/s, outages of {outage_s:g}s, work in {work}")
         drill.start_all()
@@ -329,6 +335,8 @@ def run_drill(
         time.sleep(3)  # dead letters of the last batches
         return _count(drill, rows, crops, time.monotonic() - t0)
     finally:
+        if feeder is not None:
+            feeder.stop()
         if producer is not None:
             producer.close()
         drill.close()
