@@ -43,8 +43,9 @@ def _venv_tool(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
-def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
-    """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens."""
+def start_noida(port: int, data_dir: Path, timeout_s: float = 120.0) -> subprocess.Popen:
+    """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens (a
+    broker with much data takes a while to recover it)."""
     exe = _venv_tool("noida-db")
     if exe is None:
         raise RuntimeError("no broker: install the dev extras (noida-db) or name one (PGR_KAFKA_BOOTSTRAP)")
@@ -56,8 +57,18 @@ def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # noida-db's launcher runs the broker as a child: stop the whole group
         )
-    wait_for_port(port)
-    return proc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            wait_for_port(port, timeout_s=1.0)
+            return proc
+        except TimeoutError:
+            if proc.poll() is not None:  # e.g. another broker still holds the data folder
+                log = data_dir / "broker.log"
+                raise RuntimeError(f"noida-db exited ({proc.returncode}): see {log}") from None
+            if time.monotonic() > deadline:
+                _stop_group(proc)
+                raise
 
 
 def stop_noida(proc: subprocess.Popen) -> None:
@@ -101,15 +112,29 @@ class MilvusLiteServer:
             self.proc = None
 
 
-def _stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+def _stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
+    """Signal a process group and wait until every process of it is gone (a launcher may exit before the
+    server it started has let go of its port and data); SIGKILL what is left after `timeout_s`."""
+    for signum, wait_s in ((sig, timeout_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while _group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _group_alive(proc):
+            break
+    proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the group leader, or it counts as alive
     try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, 0)
     except ProcessLookupError:
-        proc.wait()
+        return False
+    return True
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple], float]:
