@@ -209,8 +209,7 @@ def test_each_pgr_service_starts_from_the_compose_config(tmp_path, assets_dir, m
         assert (var / "thumbnails").is_dir()
     finally:
         for p in procs.values():
-            if p.proc.poll() is None:
-                p.stop()
+            p.ensure_stopped()
         stop_noida(broker)
 
 

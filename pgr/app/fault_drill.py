@@ -27,6 +27,7 @@ injected records were dead-lettered.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -275,8 +276,7 @@ class Drill:
 
     def close(self) -> None:
         for p in self.procs.values():
-            if p.proc.poll() is None:
-                p.stop()
+            p.ensure_stopped()
         if self.index is not None:
             self.index.close()
         self.camera.close()
@@ -378,9 +378,10 @@ def _count(drill: Drill, rows: list[FaultRow], crops: int, seconds: float) -> Dr
         row.dead_lettered = sum(1 for d in letters if row.started <= d["failed_at"] < until)
     published_rows = sum(drill.indexed().row_counts([i for r in rows for i in r.ids]).values())
     extra = drill.indexed().count() - published_rows
-    origins = [(d["source_topic"], d["stage"]) for d in letters]
-    injected = [(drill.topics["crops"], "reid")] * len(MALFORMED_CROPS)
-    injected += [(drill.topics["features"], "matcher")] * len(MALFORMED_FEATURES)
+    # each dead letter names its topic and carries the record: the very records injected, once each
+    origins = [(d["source_topic"], d["stage"], base64.b64decode(d["payload"])) for d in letters]
+    injected = [(drill.topics["crops"], "reid", raw) for raw in MALFORMED_CROPS]
+    injected += [(drill.topics["features"], "matcher", raw) for raw in MALFORMED_FEATURES]
     return DrillResult(rows, crops, seconds, extra, sorted(origins) == sorted(injected))
 
 

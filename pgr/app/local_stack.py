@@ -222,6 +222,13 @@ class StageProcess:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout_s)
 
+    def ensure_stopped(self, timeout_s: float = 30) -> None:
+        """Stop it whatever state it is in: SIGTERM, then SIGKILL after `timeout_s`."""
+        try:
+            self.stop(timeout_s=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
+
 
 def topic_records(bootstrap: str, topic: str) -> list[bytes]:
     """Every record in a topic, read by a throwaway consumer."""
