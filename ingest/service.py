@@ -28,6 +28,8 @@ def run_camera(
     """Process one camera until its source ends (or `stop`); returns the number of crops published."""
     tracker = PersonTracker(cfg.detector_weights, cfg.tracker, cfg.conf, cfg.imgsz)
     published = 0
+    metrics.detections.labels(cam.id)
+    metrics.crops_published.labels(cam.id)
     # live counters restart with every run; a file's ids carry its tag when it has one (`pgr index`)
     run = run_tag() if is_live(cam.source) else cam.id_tag
     frames = read_frames(cam, cfg.retry, metrics, stop)

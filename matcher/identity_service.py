@@ -12,8 +12,8 @@ import time
 
 from matcher.identities import IdentityBook, IdentityParams
 from matcher.identity_store import IdentityStore
-from matcher.tracklets import Tracklet, TrackletBook
-from pgr.messages import FeatureRecord, IdentityEvent, encode_identity
+from matcher.tracklets import INPUT_REASONS, Tracklet, TrackletBook
+from pgr.messages import IDENTITY_EVENTS, FeatureRecord, IdentityEvent, encode_identity
 from pgr.metrics import PipelineMetrics
 from pgr.settings import IdentitySettings
 from pgr.transport import Producer
@@ -54,6 +54,10 @@ class IdentityService:
         self.tracklets.resume(time.time())
         self._counted = dict(self.tracklets.counts)
         self._last_tick = 0.0
+        for kind in IDENTITY_EVENTS:  # exported at 0: "no identity event for a while" is then a query
+            metrics.identity_events.labels(kind)
+        for reason in INPUT_REASONS:
+            metrics.tracklet_input_refused.labels(reason)
 
     def add(self, records: list[tuple[FeatureRecord, str]]) -> list[IdentityEvent]:
         """Add indexed crops (record, thumbnail path); decide what became long enough or ended."""

@@ -21,7 +21,7 @@ from pymilvus.exceptions import MilvusException
 from matcher.index_check import check_lite_manifests
 from pgr.errors import IndexMismatch, IndexUnavailable
 from pgr.messages import Detection
-from pgr.validation import is_camera_id
+from pgr.validation import is_camera_id, is_detection_id
 
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
@@ -217,6 +217,28 @@ class DetectionIndex:
             r["id"]
             for r in self.client.query(self.collection, filter='id != ""', output_fields=["id"], limit=limit)
         ]
+
+    def row_counts(self, ids: list[str], chunk: int = 500) -> dict[str, int]:
+        """How many rows hold each of these detection ids (ids with none left out; more than one would be a
+        duplicate)."""
+        if self.dim is None:
+            return {}
+        bad = [i for i in ids if not is_detection_id(i)]  # ids are quoted in the filter: nothing is injected
+        if bad:
+            raise ValueError(f"bad detection id {bad[0]!r}")
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            quoted, limit = ", ".join(f'"{i}"' for i in part), 4 * len(part)
+            rows = self._retry(
+                "query",
+                lambda q=quoted, n=limit: self.client.query(
+                    self.collection, filter=f"id in [{q}]", output_fields=["id"], limit=n
+                ),
+            )
+            for r in rows:
+                counts[r["id"]] = counts.get(r["id"], 0) + 1
+        return counts
 
     def delete(self, ids: list[str]) -> int:
         """Delete detections by id (missing ids are ignored); returns how many were there."""

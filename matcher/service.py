@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 
 from matcher.feature_store import FeatureStore
@@ -12,6 +13,7 @@ from matcher.index import DetectionIndex, IndexRow
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
 from pgr.consume_loop import dead_letter, reason
+from pgr.errors import IndexUnavailable
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 STAGE = "matcher"
 # file-system errors caused by the record itself (its name), not by the disk
 _RECORD_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+GALLERY_COUNT_S = 10.0  # how often the matcher counts the index's rows (pgr_gallery_size)
+INDEX_RETRY_MAX_S = 30.0  # the longest wait between two tries of a batch the index did not take
 
 
 class MatcherWorker:
@@ -27,8 +31,10 @@ class MatcherWorker:
 
     Records of another model than `model` (the configured one) or of another dimension than the index's are
     dead-lettered, as is every record that fails to decode or that the index or the file system refuses; no
-    record can make `handle` raise. Only an index or a disk that cannot be written raises (nothing is then
-    committed, and the records come again).
+    record can make `handle` raise. Only a disk that cannot be written raises (nothing is then committed,
+    and the records come again). An index that does not answer is waited for, the batch tried again with
+    growing waits and each failure counted, until it is written or `stop` is set (then it raises); without
+    `stop` it raises at once.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class MatcherWorker:
         model: str | None = None,
         identities: IdentityService | None = None,
         tombstones: Tombstones | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if index.dim is None:
             raise ValueError("the matcher needs an index opened with the configured model's dim")
@@ -50,6 +57,12 @@ class MatcherWorker:
         self.dead_letter_topic = dead_letter_topic
         self.identities = identities
         self.tombstones = tombstones
+        self.stop = stop
+        metrics.dead_lettered.labels(STAGE)  # exported at 0: the first error is then an increase
+        for why in ("unavailable", "refused"):
+            metrics.index_write_errors.labels(why)
+        self._counted_at = -float("inf")
+        self._count_gallery()
 
     def handle(self, messages: list[Message]) -> None:
         """Index the batch; returns after the index write (then the caller commits)."""
@@ -77,7 +90,9 @@ class MatcherWorker:
                 continue
             rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
             thumbs[det.detection_id] = str(thumb)
-        for det_id, why in self.index.upsert(rows).items():
+        refused = self._upsert(rows)
+        self.metrics.index_write_errors.labels("refused").inc(len(refused))
+        for det_id, why in refused.items():
             msg, rec = records.pop(det_id)
             self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
             self.features.remove(rec.detection.camera_id, det_id)
@@ -99,11 +114,39 @@ class MatcherWorker:
         for _, rec in records.values():
             if rec.detection.read_at > 0:
                 self.metrics.end_to_end_latency.observe(now - rec.detection.read_at)
+        self._count_gallery()
 
     def tick(self) -> None:
         """Between polls: decide the tracklets that ended while nothing came."""
         if self.identities is not None:
             self.identities.tick()
+        self._count_gallery()
+
+    def _upsert(self, rows: list[IndexRow]) -> dict[str, str]:
+        """Write the rows; an index that does not answer is tried again (see the class)."""
+        delay = 1.0
+        while True:
+            try:
+                return self.index.upsert(rows)
+            except IndexUnavailable as exc:
+                self.metrics.index_write_errors.labels("unavailable").inc()
+                if self.stop is None:
+                    raise
+                log.warning("%s; trying the batch again in %.0fs", exc, delay)
+                if self.stop.wait(delay):
+                    raise
+                delay = min(delay * 2, INDEX_RETRY_MAX_S)
+
+    def _count_gallery(self) -> None:
+        """Export the index's row count, at most every GALLERY_COUNT_S."""
+        now = time.monotonic()
+        if now - self._counted_at < GALLERY_COUNT_S:
+            return
+        self._counted_at = now
+        try:
+            self.metrics.gallery_size.set(self.index.count())
+        except Exception as exc:  # a count is for the dashboard: it never stops the matcher
+            log.debug("counting the index failed: %s", exc)
 
     def finish(self) -> None:
         """The stream is over (embedded run drained): decide every open tracklet."""

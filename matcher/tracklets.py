@@ -33,6 +33,9 @@ HALF_QUALITY_SHARPNESS = 60.0
 BORDER_CUT_PENALTY = 0.5
 BORDER_PX = 2.0
 
+# the crops TrackletBook.counts counts (pgr_tracklet_input_total{reason})
+INPUT_REASONS = ("unknown_camera", "out_of_order", "late", "track_restart", "duplicate")
+
 
 def crop_quality(box: tuple[float, float, float, float], score: float, jpeg: bytes) -> float:
     """A crop's quality in (0, 1]: box height, detection score, sharpness and a penalty when the box is cut

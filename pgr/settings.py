@@ -344,6 +344,14 @@ class ServeSettings(StrictModel):
     )
     session_hours: float = Field(8, gt=0, le=24 * 30, description="a login lasts this long")
     max_results: int = Field(1000, ge=1, le=16384, description="results one search may page through")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on metrics.host at this port; null: none"
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _unset_port(cls, v):
+        return None if v == "" else v  # an unset ${VAR:-} in the YAML
 
     @field_validator("retention_days_by_camera")
     @classmethod

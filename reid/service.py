@@ -31,6 +31,7 @@ class ReidWorker:
     ) -> None:
         self.extractor, self.producer, self.metrics = extractor, producer, metrics
         self.features_topic, self.dead_letter_topic = features_topic, dead_letter_topic
+        metrics.dead_lettered.labels(STAGE)  # exported at 0: the first dead letter is an increase
 
     def handle(self, messages: list[Message]) -> None:
         """Extract and publish; returns once every output is flushed (then the caller commits).

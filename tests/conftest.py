@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida
 from pgr.paths import REPO
 from pgr.paths import assets_dir as _assets_dir
 
@@ -48,60 +43,6 @@ def pets_crops(pets_video: Path) -> list:
     return [frame[40:240, 100:200].copy(), frame[100:260, 250:330].copy(), frame[150:330, 400:480].copy()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
-
-
-def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
-    """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens."""
-    beside = Path(sys.executable).parent / "noida-db"  # the venv's, when pytest runs without activating it
-    exe = str(beside) if beside.exists() else shutil.which("noida-db")
-    if exe is None:
-        pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
-    log = (data_dir / "broker.log").open("a")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "start",
-            "--only",
-            "kafka",
-            "--kafka-port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # noida-db's launcher runs the broker as a child: stop the whole group
-    )
-    log.close()
-    wait_for_port(port)
-    return proc
-
-
-def stop_noida(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> str:
     """A real Kafka-protocol broker: $PGR_KAFKA_BOOTSTRAP if set, else a noida-db broker started here."""
@@ -109,11 +50,24 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         yield os.environ["PGR_KAFKA_BOOTSTRAP"]
         return
     port = free_port()
-    proc = start_noida(port, tmp_path_factory.mktemp("kafka"))
+    try:
+        proc = start_noida(port, tmp_path_factory.mktemp("kafka"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield f"127.0.0.1:{port}"
     finally:
         stop_noida(proc)
+
+
+@pytest.fixture
+def milvus_server(tmp_path: Path):
+    """A milvus-lite server on loopback over this test's folder: an index several processes share by URI."""
+    server = MilvusLiteServer(tmp_path / "milvus").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -137,7 +91,7 @@ def write_config(tmp_path: Path, assets_dir: Path):
             "metrics": {"port": 0},
         }
         for key, value in overrides.items():
-            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+            cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path

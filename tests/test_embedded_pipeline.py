@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from matcher.index import DetectionIndex
 from matcher.search import longest_track_query, search_image
+from pgr.app.local_stack import scrape
 from pgr.app.pipeline import build_extractor, run_embedded
 from pgr.metrics import PipelineMetrics
 from pgr.settings import load_settings
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of the /metrics page, keyed by (name, sorted labels)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import pytest
 from kafka import KafkaProducer
 
 from matcher.index import DetectionIndex
+from pgr.app.local_stack import topic_records
 from pgr.app.pipeline import build_transport, run_matcher_stage, run_reid_stage
 from pgr.messages import CropRecord, FeatureRecord, encode_crop, encode_feature
 from pgr.metrics import PipelineMetrics, counter_total
 from pgr.settings import load_settings
-from tests.test_kafka_pipeline import topic_records
 from tests.test_poison_records import DET, nested
 
 pytestmark = pytest.mark.kafka

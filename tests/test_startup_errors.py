@@ -11,10 +11,10 @@ import pytest
 
 from matcher.index import DetectionIndex, _locked
 from pgr.app.cli import main
+from pgr.app.local_stack import free_port
 from pgr.errors import BrokerUnavailable, IndexUnavailable
 from pgr.settings import SettingsError, load_settings
 from pgr.transport import KafkaTransport
-from tests.conftest import free_port
 
 
 def one_line_error(capsys) -> str:

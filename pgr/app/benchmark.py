@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pgr.app.local_stack import free_port
 from pgr.metrics import PipelineMetrics, counter_total
 from pgr.paths import CONFIGS
 from pgr.settings import load_settings
@@ -101,12 +101,6 @@ def run_benchmark(config: str, out: str | None = None) -> int:
     return 0 if not run.errors else 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     """Frame-read-to-searchable latency over Kafka with three processes and a real-time paced camera."""
     from matcher.index import DetectionIndex
@@ -125,7 +119,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     procs = {}
     try:
         for stage in ("matcher", "reid", "ingest"):
-            env = {**os.environ, "PGR_METRICS_PORT": str(_free_port())}
+            env = {**os.environ, "PGR_METRICS_PORT": str(free_port())}
             procs[stage] = subprocess.Popen(
                 [sys.executable, "-m", "pgr.app.cli", "run", stage, "--config", str(config)],
                 env=env,

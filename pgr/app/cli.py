@@ -331,6 +331,9 @@ def _serve(args) -> int:
     if over:
         settings = settings.model_copy(update={"serve": settings.serve.model_copy(update=over)})
     app = create_app(settings)
+    if settings.serve.metrics_port is not None:
+        port = app.state.pgr.metrics.serve(settings.metrics.host, settings.serve.metrics_port)
+        print(f"metrics: http://{settings.metrics.host}:{port}/metrics")
     print(f"search page: http://{settings.serve.host}:{settings.serve.port}/  (API docs: /docs)")
     uvicorn.run(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
     return 0

@@ -18,7 +18,7 @@ from matcher.index_check import check_rows_against_files
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
-from pgr.consume_loop import consume_loop
+from pgr.consume_loop import LagReporter, consume_loop
 from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
@@ -124,7 +124,14 @@ def run_reid_stage(
     worker = ReidWorker(extractor, producer, settings.topics.features, settings.topics.dead_letter, metrics)
     consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
     try:
-        consume_loop(consumer, worker.handle, stop, upstream_done, max_records=settings.reid.batch_size)
+        consume_loop(
+            consumer,
+            worker.handle,
+            stop,
+            upstream_done,
+            max_records=settings.reid.batch_size,
+            lag=LagReporter(metrics, "reid"),
+        )
     finally:
         producer.close()
 
@@ -166,6 +173,7 @@ def run_matcher_stage(
         model=model,
         identities=identities,
         tombstones=tombstones,
+        stop=stop,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
@@ -177,6 +185,7 @@ def run_matcher_stage(
             max_records=m.batch_size,
             tick=worker.tick,
             finish=worker.finish,
+            lag=LagReporter(metrics, "matcher"),
         )
     finally:
         producer.close()

@@ -14,6 +14,7 @@ from matcher.thumbnails import ThumbnailStore
 from pgr.app.indexing import IndexedFile, load_state
 from pgr.app.web.audit import AuditLog
 from pgr.app.web.auth import LoginThrottle, Sessions, UserStore
+from pgr.metrics import ServeMetrics
 from pgr.settings import Settings
 from reid.extractor import FeatureExtractor
 from reid.retrieval import RetrievalParams
@@ -36,6 +37,7 @@ class AppState:
     sessions: Sessions
     audit: AuditLog
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    metrics: ServeMetrics = field(default_factory=ServeMetrics)
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_purge: dict = field(default_factory=dict)
 
