@@ -268,8 +268,13 @@ class EmbeddedIndex:
             part = np.argpartition(-scores, top_k - 1)[:top_k]
             scores, segs, rows = scores[part], segs[part], rows[part]
         order = np.lexsort((rows, segs, -scores))
-        ids = [snap.by_id[int(s)].keys()[int(r)] for s, r in zip(segs[order], rows[order], strict=True)]
-        return Candidates(ids, scores[order].astype(np.float32), [snap.attrs.get("model") or ""] * len(ids))
+        segs, rows = segs[order], rows[order]
+        ids = np.empty(len(order), object)
+        for sid in np.unique(segs).tolist():
+            at = segs == sid
+            ids[at] = snap.by_id[sid].key_array()[rows[at]]
+        model = snap.attrs.get("model") or ""
+        return Candidates(ids.tolist(), scores[order].astype(np.float32), [model] * len(ids))
 
     def search(
         self,
@@ -289,28 +294,38 @@ class EmbeddedIndex:
         self.store.close()
 
     def _detections(self, snap: Snapshot, where: list[tuple[int, int]]) -> list[IndexedDetection]:
+        """The detections at these (segment id, row) places, in order: one read per segment and column."""
         cameras = snap.attrs.get("cameras", [])
         model = snap.attrs.get("model") or ""
-        out = []
-        for sid, row in where:
-            seg = snap.by_id[sid]
-            thumb, _ = seg.ragged_rows("thumb", np.array([row]))
-            out.append(
-                IndexedDetection(
-                    detection_id=seg.keys()[row],
-                    camera_id=cameras[int(seg.array("cam")[row])],
-                    timestamp=float(seg.array("ts")[row]),
-                    frame_index=int(seg.array("frame")[row]),
-                    track_id=int(seg.array("track")[row]),
-                    box=tuple(float(v) for v in seg.array("box")[row]),
-                    det_score=float(seg.array("score")[row]),
-                    thumbnail=np.asarray(thumb).tobytes().decode(),
+        out: list[IndexedDetection | None] = [None] * len(where)
+        segs = np.array([w[0] for w in where], np.int64)
+        rows = np.array([w[1] for w in where], np.int64)
+        for sid in np.unique(segs).tolist():
+            at = np.flatnonzero(segs == sid)
+            seg, r = snap.by_id[sid], rows[at]
+            col = {
+                name: seg.array(name)[r].tolist()
+                for name in ("cam", "ts", "frame", "track", "box", "score", "read_at", "indexed_at")
+            }
+            items, lengths = seg.ragged_rows("thumb", r)
+            blob, ends = np.asarray(items).tobytes(), np.cumsum(lengths).tolist()
+            thumbs = [blob[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+            keys = seg.key_array()[r].tolist()
+            for j, i in enumerate(at.tolist()):
+                out[i] = IndexedDetection(
+                    detection_id=keys[j],
+                    camera_id=cameras[col["cam"][j]],
+                    timestamp=col["ts"][j],
+                    frame_index=col["frame"][j],
+                    track_id=col["track"][j],
+                    box=tuple(col["box"][j]),
+                    det_score=col["score"][j],
+                    thumbnail=thumbs[j],
                     model=model,
-                    read_at=float(seg.array("read_at")[row]),
-                    indexed_at=float(seg.array("indexed_at")[row]),
+                    read_at=col["read_at"][j],
+                    indexed_at=col["indexed_at"][j],
                 )
-            )
-        return out
+        return out  # type: ignore[return-value]
 
 
 def _ts_range(seg: SegmentView) -> tuple[float, float]:

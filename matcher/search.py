@@ -7,7 +7,9 @@ top N1 are exactly the candidates progressive retrieval re-ranks with s_part, th
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,7 +100,9 @@ def search_features(
 
     # the candidates come sorted by s_ins, so progressive retrieval on them (which re-ranks its own top N1
     # and keeps the rest in s_ins order) is progressive retrieval on the whole filtered gallery
-    ranked = progressive_retrieval(GalleryFeatures.from_crop_features([query]), gallery, params, pixels_of)
+    queries = GalleryFeatures.from_crop_features([query])
+    with one_torch_thread():
+        ranked = progressive_retrieval(queries, gallery, params, pixels_of)
     order = [usable_ids[r] for r in ranked.indices[0].tolist()]
     scores = {name: getattr(ranked, name)[0].tolist() for name in ("score", "s_ins", "s_part", "s_pixel")}
     # detections without stored parts (indexed by an instance-only model) follow, by instance score
@@ -116,6 +120,19 @@ def search_features(
             out.append(replace(h, **{name: float(v[c]) for name, v in scores.items()}))
     rank = {det_id: r for r, det_id in enumerate(ids)}
     return sorted(out, key=lambda h: rank[h.detection_id])
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread inside: re-ranking one query's candidates is a handful of small tensor
+    operations, which two threads on a busy 2-core machine do several times slower than one
+    (BENCHMARKS.md, Search)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _metadata(index: AnyIndex, ids: list[str], scores: list[float]) -> list[IndexedDetection]:

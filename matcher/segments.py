@@ -130,6 +130,12 @@ class SegmentView:
         idx = offsets + np.arange(int(lengths.sum()), dtype=np.int64)
         return self._arrays[name][idx], lengths
 
+    def key_array(self) -> np.ndarray:
+        """`keys` as a numpy object array (to pick many by row at once)."""
+        if "key_array" not in self.cache:
+            self.cache["key_array"] = np.array(self.keys(), dtype=object)
+        return self.cache["key_array"]  # type: ignore[return-value]
+
     def keys(self) -> list[str]:
         """Every row's key, in row order (decoded once per view)."""
         if "keys" not in self.cache:

@@ -11,7 +11,8 @@ the index fresh and answering every query (the insert's buffers dropped), and th
 
 `search`: the same rows with their part and pixel features in the feature store, then the whole operator
 search (`matcher.search.search_features`: stage 1, parts of the N1 candidates, pixels of the N2, metadata
-of the results) under the same filters, and, alone, the load of the N1 candidates' parts and pixels.
+of the results) under the same filters, and, alone, the load of the N1 candidates' parts and pixels: from
+the page cache, and from the disk (the store's pages dropped from the cache first, 10 queries).
 
 The rows are synthetic from real features: each is a noisy copy of one real crop's features (the instance
 vector plus Gaussian noise of `--noise` per dimension, renormalised: cosine ~0.9 to its source, about what
@@ -256,6 +257,17 @@ def _rss_mib() -> float:
     return float("nan")
 
 
+def _evict(folder: Path) -> None:
+    """Drop these files' pages from the page cache (a read then comes from the disk)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def _disk_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -308,6 +320,15 @@ def _setup(args) -> tuple[RealFeatures, Layout, np.ndarray, Path]:
     return real, layout, queries, folder
 
 
+def _reused(args, index_dir: Path) -> bool:
+    """--reuse: query what a --keep run built in --dir (the same --rows, --seed and features), no insert."""
+    if not args.reuse:
+        return False
+    if not (index_dir / "MANIFEST.json").is_file():
+        raise SystemExit(f"--reuse: no index in {index_dir} (build one with --keep --dir first)")
+    return True
+
+
 def _need_disk(folder: Path, mib: float) -> None:
     free = shutil.disk_usage(folder).free / 2**20
     if free < mib * 1.2:
@@ -323,13 +344,15 @@ def bench_index(args) -> dict:
     _quiet()
     real, layout, query_rows, folder = _setup(args)
     dim = real.instances.shape[1]
-    _need_disk(folder, args.rows * (dim * 4 + 150) / 2**20)
+    reuse = _reused(args, folder / "index")
+    if not reuse:
+        _need_disk(folder, args.rows * (dim * 4 + 150) / 2**20)
     result = {**_machine(), "backend": args.backend, "rows": args.rows, "cameras": args.cameras}
     result["data"] = {"real_crops": real.origin, "model": real.model, "dim": dim, "noise": args.noise}
     try:
         index = _open(args.backend, folder, dim, real.model, args.uri, args.milvus_index)
         t_upsert, t0 = 0.0, time.perf_counter()
-        for start in range(0, args.rows, BATCH):
+        for start in range(0, 0 if reuse else args.rows, BATCH):
             rows, _ = _index_rows(layout, real, start, min(BATCH, args.rows - start, CHUNK - start % CHUNK))
             t = time.perf_counter()
             refused = index.upsert(rows)
@@ -338,11 +361,15 @@ def bench_index(args) -> dict:
             if start and start % 100_000 == 0:
                 print(f"  {start} rows, {start / t_upsert:.0f} rows/s in upsert", flush=True)
         wall = time.perf_counter() - t0
-        result["insert"] = {
-            "rows_per_s_upsert": round(args.rows / t_upsert),
-            "rows_per_s_wall": round(args.rows / wall),
-            "batch": BATCH,
-        }
+        result["insert"] = (
+            "reused an index built before"
+            if reuse
+            else {
+                "rows_per_s_upsert": round(args.rows / t_upsert),
+                "rows_per_s_wall": round(args.rows / wall),
+                "batch": BATCH,
+            }
+        )
         index.close()
         rss_before = _rss_mib()
         t = time.perf_counter()
@@ -380,7 +407,7 @@ def bench_index(args) -> dict:
             )
             result["search"][name]["rows_selected_mean"] = round(float(np.mean(sel)))
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(folder, ignore_errors=True)
     result["top"] = args.top
     result["queries"] = args.queries
@@ -405,7 +432,9 @@ def bench_search(args) -> dict:
         + 100
         + float(np.mean([p.nbytes + c.nbytes for p, c in zip(real.pixels, real.pixel_coords, strict=True)]))
     )
-    _need_disk(folder, args.rows * per_row / 2**20)
+    reuse = _reused(args, folder / "index")
+    if not reuse:
+        _need_disk(folder, args.rows * per_row / 2**20)
     params = RetrievalParams()
     result = {**_machine(), "backend": "embedded", "rows": args.rows, "cameras": args.cameras}
     result["data"] = {"real_crops": real.origin, "model": real.model, "dim": dim, "noise": args.noise}
@@ -414,7 +443,7 @@ def bench_search(args) -> dict:
         index = EmbeddedIndex(folder / "index", dim=dim, model=real.model)
         features = FeatureStore(folder / "features")
         t_write, t0 = 0.0, time.perf_counter()
-        for start in range(0, args.rows, BATCH):
+        for start in range(0, 0 if reuse else args.rows, BATCH):
             rows, src = _index_rows(layout, real, start, min(BATCH, args.rows - start, CHUNK - start % CHUNK))
             crops = [(r.detection.detection_id, real.crop(int(s))) for r, s in zip(rows, src, strict=True)]
             t = time.perf_counter()
@@ -423,10 +452,14 @@ def bench_search(args) -> dict:
             t_write += time.perf_counter() - t
             if start and start % 100_000 == 0:
                 print(f"  {start} rows, {start / t_write:.0f} rows/s (features + index)", flush=True)
-        result["insert"] = {
-            "rows_per_s_features_and_index": round(args.rows / t_write),
-            "rows_per_s_wall": round(args.rows / (time.perf_counter() - t0)),
-        }
+        result["insert"] = (
+            "reused an index and feature store built before"
+            if reuse
+            else {
+                "rows_per_s_features_and_index": round(args.rows / t_write),
+                "rows_per_s_wall": round(args.rows / (time.perf_counter() - t0)),
+            }
+        )
         index.close()
         features = None
         rss_before = _rss_mib()
@@ -435,7 +468,7 @@ def bench_search(args) -> dict:
         filters = _filters(layout, args.queries)
         result["search"], result["load_candidates"] = {}, {}
         for name, fs in filters.items():
-            times, loads, loads_parts = [], [], []
+            times, candidates = [], []
             for qi, f in zip(query_rows, fs, strict=True):
                 query = real.crop(int(qi))
                 t = time.perf_counter()
@@ -444,19 +477,28 @@ def bench_search(args) -> dict:
                 )
                 times.append(time.perf_counter() - t)
                 assert hits
-                ids = index.search_ids(query.instance, params.n1, **f).ids
+                candidates.append(index.search_ids(query.instance, params.n1, **f).ids)
+            # the candidates' load alone, after every search of this filter (no query's rows just read)
+            loads, loads_parts, cold = [], [], []
+            for ids in candidates:
                 t = time.perf_counter()
                 features.load_rows(ids)
                 loads.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 features.load_rows(ids, pixels=False)
                 loads_parts.append(time.perf_counter() - t)
+            for ids in candidates[:10]:  # from the disk: the store's pages dropped from the page cache
+                _evict(folder / "features")
+                t = time.perf_counter()
+                features.load_rows(ids)
+                cold.append(time.perf_counter() - t)
             warm = slice(2, None) if len(times) > 4 else slice(None)
             result["search"][name] = _stats(times[warm])
             result["load_candidates"][name] = {
                 "parts_and_pixels": _stats(loads[warm]),
                 "parts_only": _stats(loads_parts[warm]),
-                "candidates": len(ids),
+                "parts_and_pixels_from_disk": _stats(cold),
+                "candidates_mean": round(float(np.mean([len(c) for c in candidates]))),
             }
             print(
                 f"  {name}: search {result['search'][name]}, load {result['load_candidates'][name]}",
@@ -469,7 +511,7 @@ def bench_search(args) -> dict:
         }
         index.close()
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(folder, ignore_errors=True)
     result["queries"] = args.queries
     result["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
@@ -488,6 +530,7 @@ def add_index_bench_options(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument("--dir", help="index, search: where to build (default: a new folder under var/)")
     bench.add_argument("--keep", action="store_true", help="index, search: keep what was built")
+    bench.add_argument("--reuse", action="store_true", help="index, search: query what --keep left in --dir")
     bench.add_argument("--seed", type=int, default=0, help="index, search: random seed")
     bench.add_argument("--backend", choices=["embedded", "milvus-lite", "milvus"], default="embedded")
     bench.add_argument("--uri", help="index --backend milvus: the server, http://host:port")
