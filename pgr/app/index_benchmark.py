@@ -6,8 +6,9 @@
 `index`: inserts `rows` detections through the index's own `upsert` (batches of 2,000, as the matcher
 writes), then times stage 1 (the top `--top` ids, 1,000 = N1 by default) for held-out queries under four
 filters (one camera and one day, one camera and a week, one camera, none), and checks every answer against
-exact search over the same filtered rows (recall@top). Memory: the process's resident size after opening
-the index fresh and answering every query (the insert's buffers dropped), and the files on disk.
+exact search over the same filtered rows (recall@top). Memory: what opening the index fresh and answering
+every query added to the process's resident size (its own memory, and the pages of the index's files
+that it mapped), and the files on disk.
 
 `search`: the same rows with their part and pixel features in the feature store, then the whole operator
 search (`matcher.search.search_features`: stage 1, parts of the N1 candidates, pixels of the N2, metadata
@@ -250,11 +251,24 @@ def _exact(
     }
 
 
-def _rss_mib() -> float:
+def _rss_mib(kind: str = "VmRSS") -> float:
+    """Resident memory (MiB): VmRSS all of it, RssAnon the process's own (heap, arrays), RssFile the pages of
+    mapped files (the index's files: page cache, which the kernel may drop and read again)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{kind}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _memory(before: dict[str, float], folder: Path) -> dict:
+    """What opening the index (and store) and answering the queries added to the process, and the disk."""
+    return {
+        "rss_mib_added": round(_rss_mib() - before["VmRSS"]),
+        "anon_mib_added": round(_rss_mib("RssAnon") - before["RssAnon"]),
+        "file_pages_mib_added": round(_rss_mib("RssFile") - before["RssFile"]),
+        "rss_mib_process": round(_rss_mib()),
+        "disk_mib": round(_disk_mib(folder)),
+    }
 
 
 def _evict(folder: Path) -> None:
@@ -371,7 +385,7 @@ def bench_index(args) -> dict:
             }
         )
         index.close()
-        rss_before = _rss_mib()
+        rss_before = {k: _rss_mib(k) for k in ("VmRSS", "RssAnon", "RssFile")}
         t = time.perf_counter()
         index = _open(args.backend, folder, None, None, args.uri, args.milvus_index)
         result["open_s"] = round(time.perf_counter() - t, 2)
@@ -388,11 +402,7 @@ def bench_index(args) -> dict:
                 answers[name].append(found.ids)
             result["search"][name] = _stats(times[2:] if len(times) > 4 else times)  # the first two warm up
             print(f"  {name}: {result['search'][name]}", flush=True)
-        result["memory"] = {
-            "rss_mib_after_queries": round(_rss_mib()),
-            "rss_mib_before_open": round(rss_before),
-            "disk_mib": round(_disk_mib(folder)),
-        }
+        result["memory"] = _memory(rss_before, folder)
         index.close()
         exact = _exact(
             layout, real, queries / np.linalg.norm(queries, axis=1, keepdims=True), filters, args.top
@@ -462,7 +472,7 @@ def bench_search(args) -> dict:
         )
         index.close()
         features = None
-        rss_before = _rss_mib()
+        rss_before = {k: _rss_mib(k) for k in ("VmRSS", "RssAnon", "RssFile")}
         index = EmbeddedIndex(folder / "index")
         features = FeatureStore(folder / "features")
         filters = _filters(layout, args.queries)
@@ -504,11 +514,7 @@ def bench_search(args) -> dict:
                 f"  {name}: search {result['search'][name]}, load {result['load_candidates'][name]}",
                 flush=True,
             )
-        result["memory"] = {
-            "rss_mib_after_queries": round(_rss_mib()),
-            "rss_mib_before_open": round(rss_before),
-            "disk_mib": round(_disk_mib(folder)),
-        }
+        result["memory"] = _memory(rss_before, folder)
         index.close()
     finally:
         if not (args.keep or args.reuse):
