@@ -18,6 +18,7 @@ a row of another vector size or model is refused like Milvus refuses one (return
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -184,21 +185,60 @@ class EmbeddedIndex:
             out.append(key)
         return out
 
-    def older_than(self, ts: float, limit: int = 16384) -> list[IndexedDetection]:
-        """Detections seen before `ts` (unix seconds), at most `limit` (call again after deleting them)."""
+    def older_than(
+        self,
+        ts: float,
+        limit: int = 16384,
+        cameras: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> list[IndexedDetection]:
+        """Detections seen before `ts` (unix seconds), of `cameras` only or of all but `exclude` when given,
+        at most `limit` (call again after deleting them)."""
         if not np.isfinite(ts):
             raise ValueError(f"ts must be a finite time, got {ts!r}")
+        cameras, _, _ = check_filter(cameras, None, None)
+        excluded, _, _ = check_filter(exclude or None, None, None)
         snap = self.store.snapshot()
+        code = {c: i for i, c in enumerate(snap.attrs.get("cameras", []))}
+        keep = None if cameras is None else [code[c] for c in cameras if c in code]
+        drop = [code[c] for c in excluded or [] if c in code]
+        return self._detections(snap, self._where(snap, limit, lambda seg: _older(seg, ts, keep, drop)))
+
+    def of_track(
+        self, camera: str, track_id: int, id_prefix: str | None = None, limit: int = 4096
+    ) -> list[IndexedDetection]:
+        """Detections of one local track of a camera (ids starting with `id_prefix` when given: one ingest
+        run's), at most `limit` (call again after deleting them)."""
+        check_filter(camera, None, None)
+        snap = self.store.snapshot()
+        code = {c: i for i, c in enumerate(snap.attrs.get("cameras", []))}.get(camera)
+        if code is None:
+            return []
+
+        def rows(seg: SegmentView) -> np.ndarray:
+            mask = (np.asarray(seg.array("cam")) == code) & (np.asarray(seg.array("track")) == int(track_id))
+            found = np.flatnonzero(mask)
+            if id_prefix is not None and len(found):
+                keys = seg.key_array()[found]
+                found = found[[k.startswith(id_prefix) for k in keys]]
+            return found
+
+        return self._detections(snap, self._where(snap, limit, rows))
+
+    def _where(
+        self, snap: Snapshot, limit: int, rows: Callable[[SegmentView], np.ndarray]
+    ) -> list[tuple[int, int]]:
+        """(segment id, row) of the live rows `rows(segment)` picks, segment by segment, at most `limit`."""
         found: list[tuple[int, int]] = []
         for seg in snap.segments:
-            if len(found) >= limit or _ts_range(seg)[0] >= ts:
+            if len(found) >= limit or seg.rows == 0:
                 continue
-            mask = np.asarray(seg.array("ts")) < ts
+            picked = rows(seg)
             alive = snap.alive(seg)
             if alive is not None:
-                mask &= alive
-            found += [(seg.id, int(r)) for r in np.flatnonzero(mask)[: limit - len(found)]]
-        return self._detections(snap, found)
+                picked = picked[alive[picked]]
+            found += [(seg.id, int(r)) for r in picked[: limit - len(found)]]
+        return found
 
     def count_by_camera(self, cameras: list[str]) -> dict[str, int]:
         """Rows per camera, for the cameras named."""
@@ -326,6 +366,19 @@ class EmbeddedIndex:
                     indexed_at=col["indexed_at"][j],
                 )
         return out  # type: ignore[return-value]
+
+
+def _older(seg: SegmentView, ts: float, keep: list[int] | None, drop: list[int]) -> np.ndarray:
+    """The rows of a segment seen before `ts`, of the cameras `keep` (None: all) but not `drop`."""
+    if _ts_range(seg)[0] >= ts:
+        return np.empty(0, np.int64)
+    mask = np.asarray(seg.array("ts")) < ts
+    cams = np.asarray(seg.array("cam"))
+    if keep is not None:
+        mask &= np.isin(cams, keep)
+    if drop:
+        mask &= ~np.isin(cams, drop)
+    return np.flatnonzero(mask)
 
 
 def _ts_range(seg: SegmentView) -> tuple[float, float]:

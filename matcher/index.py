@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pgr.validation import is_camera_id
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
 UNAVAILABLE = 2  # pymilvus's code for a server it cannot reach: worth retrying, it may come back
+_ID_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # nothing to escape in a filter expression
 _OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model", "read_at", "indexed_at"]
 # vector index types: (build parameters, search parameters)
 MILVUS_INDEXES = {
@@ -247,16 +249,46 @@ class DetectionIndex:
             self._retry("delete", lambda: self.client.delete(self.collection, ids=present))
         return len(present)
 
-    def older_than(self, ts: float, limit: int = 16384) -> list[IndexedDetection]:
-        """Detections seen before `ts` (unix seconds), at most `limit` (call again after deleting them)."""
+    def older_than(
+        self,
+        ts: float,
+        limit: int = 16384,
+        cameras: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> list[IndexedDetection]:
+        """Detections seen before `ts` (unix seconds), of `cameras` only or of all but `exclude` when given,
+        at most `limit` (call again after deleting them)."""
         if self.dim is None:
             return []
         if not math.isfinite(ts):
             raise ValueError(f"ts must be a finite time, got {ts!r}")
+        expr = f"ts < {float(ts)!r}"
+        if cameras is not None:
+            expr += f" and {_filter(cameras, None, None)}"
+        if exclude:
+            expr += f" and not ({_filter(exclude, None, None)})"
+        return self._rows(expr, limit)
+
+    def of_track(
+        self, camera: str, track_id: int, id_prefix: str | None = None, limit: int = 4096
+    ) -> list[IndexedDetection]:
+        """Detections of one local track of a camera (ids starting with `id_prefix` when given: one ingest
+        run's), at most `limit` (call again after deleting them)."""
+        if self.dim is None:
+            return []
+        expr = f"{_filter([camera], None, None)} and track == {int(track_id)}"
+        if id_prefix is not None:
+            if not _ID_PREFIX.fullmatch(id_prefix):
+                raise ValueError(f"bad detection id prefix {id_prefix!r}")
+            expr += f' and id like "{id_prefix}%"'
+        return self._rows(expr, limit)
+
+    def _rows(self, expr: str, limit: int) -> list[IndexedDetection]:
+        """The detections a filter expression selects, at most `limit`."""
         rows = self._retry(
             "query",
             lambda: self.client.query(
-                self.collection, filter=f"ts < {float(ts)!r}", output_fields=["id", *_OUTPUT], limit=limit
+                self.collection, filter=expr, output_fields=["id", *_OUTPUT], limit=limit
             ),
         )
         return [_to_detection(r["id"], r) for r in rows]
@@ -335,9 +367,18 @@ class DetectionIndex:
             [h["entity"]["model"] for h in hits],
         )
 
-    def compact(self, min_dead_fraction: float = 0.0) -> int:
-        """Nothing to do: Milvus compacts deleted rows away itself. Returns 0."""
-        return 0
+    def compact(self) -> None:
+        """Ask the index to rewrite its segments without deleted rows (after an erasure). A Milvus server
+        compacts; milvus-lite has no manual compaction (its size-tiered compaction drops deleted rows when it
+        next merges their segment), and a failure here never undoes the deletion: both are logged."""
+        if self.dim is None:
+            return
+        try:
+            self.client.compact(self.collection)
+        except Exception as exc:  # the rows are deleted already; compaction only reclaims their space
+            log.warning("milvus compaction after an erasure failed: %s", exc)
+        if "://" not in self.uri:
+            log.info("milvus-lite keeps deleted rows in their segment files until it compacts them")
 
     def close(self) -> None:
         """Close the client; for a milvus-lite file also stop its in-process server, which releases the

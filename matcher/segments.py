@@ -572,7 +572,7 @@ class SegmentStore:
 
     def compact(self, min_dead_fraction: float = 0.25, include_tail: bool = False) -> int:
         """Rewrite every segment with at least this fraction of deleted rows without them (and, with
-        `include_tail`, the tail whatever it holds, closing it): deleted data then leaves the disk.
+        `include_tail`, the tail when it holds any, closing it): deleted data then leave the disk.
         Returns how many deleted rows were dropped."""
         with self.transaction():
             snap = self._snapshot
@@ -580,13 +580,7 @@ class SegmentStore:
             for seg in snap.segments:
                 dead = snap.dead.get(seg.id)
                 n_dead = 0 if dead is None else int(dead.sum())
-                if (
-                    seg.open
-                    and include_tail
-                    and seg.rows
-                    or n_dead
-                    and n_dead >= min_dead_fraction * seg.rows
-                ):
+                if n_dead and (n_dead >= min_dead_fraction * seg.rows or (seg.open and include_tail)):
                     picked.append(seg)
             if not picked:
                 return 0

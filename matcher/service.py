@@ -14,6 +14,7 @@ from matcher.identity_service import IdentityService
 from matcher.index import IndexRow
 from matcher.open_index import AnyIndex
 from matcher.thumbnails import ThumbnailStore
+from matcher.tombstones import Tombstones
 from pgr.consume_loop import dead_letter, reason
 from pgr.errors import StorageUnavailable
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
@@ -63,6 +64,7 @@ class MatcherWorker:
         metrics: PipelineMetrics,
         model: str | None = None,
         identities: IdentityService | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         if index.dim is None:
             raise ValueError("the matcher needs an index opened with the configured model's dim")
@@ -70,6 +72,7 @@ class MatcherWorker:
         self.producer, self.metrics, self.model = producer, metrics, model
         self.dead_letter_topic = dead_letter_topic
         self.identities = identities
+        self.tombstones = tombstones
 
     def handle(self, messages: list[Message]) -> None:
         """Index the batch; returns after the index write (then the caller commits)."""
@@ -81,6 +84,7 @@ class MatcherWorker:
                 self._dead(msg, exc)
                 continue
             records[rec.detection.detection_id] = (msg, rec)  # a duplicate inside one batch keeps the last
+        self._drop_erased(records)  # erased on request (matcher/tombstones.py): neither indexed nor tracked
         with _disk_errors_reported(self):
             self._write(records)
 
@@ -116,6 +120,14 @@ class MatcherWorker:
         if self.identities is not None:  # after the index write, before the commit
             ordered = sorted(records.values(), key=lambda mr: (mr[1].detection.timestamp, mr[0].offset))
             self.identities.add([(rec, thumbs[rec.detection.detection_id]) for _, rec in ordered])
+        erased = self._drop_erased(records)  # erased while this batch was being written: undo its writes
+        for rec in erased:
+            self.thumbnails.remove(rec.detection.camera_id, rec.detection.detection_id)
+        self.features.delete([rec.detection.detection_id for rec in erased])
+        self.index.delete([rec.detection.detection_id for rec in erased])
+        if erased:  # erased: off the disk too, not only out of search
+            self.features.compact()
+            self.index.compact()
         if not records:
             return
         now = time.time()
@@ -134,6 +146,14 @@ class MatcherWorker:
         """The stream is over (embedded run drained): decide every open tracklet."""
         if self.identities is not None:
             self.identities.finish()
+
+    def _drop_erased(self, records: dict[str, tuple[Message, FeatureRecord]]) -> list[FeatureRecord]:
+        """Take the records with a tombstone out of `records` (counted); returns them."""
+        if self.tombstones is None or not records:
+            return []
+        erased = self.tombstones.erased([rec.detection for _, rec in records.values()])
+        self.metrics.records_erased.inc(len(erased))
+        return [records.pop(det_id)[1] for det_id in sorted(erased)]
 
     def _accept(self, msg: Message) -> FeatureRecord:
         rec = decode_feature(msg.value)

@@ -17,11 +17,15 @@ from __future__ import annotations
 import io
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from pgr.messages import CropFeatures, FeatureRecord
+from pgr.messages import CropFeatures, Detection, FeatureRecord
+
+if TYPE_CHECKING:
+    from matcher.index import IndexedDetection
 
 # quality: a crop this tall (pixels) or this sharp (variance of the Laplacian) scores half its best
 HALF_QUALITY_HEIGHT = 128.0
@@ -114,7 +118,11 @@ class Tracklet:
 def tracklet_key(rec: FeatureRecord) -> str:
     """`camera:track`, or `camera:run:track` for a live source (its detection ids carry the ingest run, so
     a restarted camera's new tracker never continues an old tracklet); untracked detections are their own."""
-    det = rec.detection
+    return detection_key(rec.detection)
+
+
+def detection_key(det: Detection | IndexedDetection) -> str:
+    """The tracklet key of one detection (as `tracklet_key`), from a record's or an index row's fields."""
     parts = det.detection_id.split(":")
     run = parts[1] if len(parts) == 4 else None
     track = f"t{det.track_id}" if det.track_id >= 0 else "d" + "-".join(parts[-2:])
@@ -187,7 +195,8 @@ class TrackletBook:
 
     def _segments_of(self, key: str) -> list[Tracklet]:
         n = self.segments.get(key, 0)
-        return [self.tracklets[key if i == 1 else f"{key}+{i}"] for i in range(n, 0, -1)]
+        ids = (key if i == 1 else f"{key}+{i}" for i in range(n, 0, -1))
+        return [self.tracklets[t] for t in ids if t in self.tracklets]  # expired segments are forgotten
 
     def due(self, now: float | None = None) -> list[Tracklet]:
         """Tracklets that have just ended: their camera's stream ran `end_gap_s` past them, or (with `now`,

@@ -57,6 +57,11 @@ class PipelineMetrics:
             registry=r,
         )
 
+        self.records_erased = Counter(
+            "pgr_records_erased",
+            "Feature records the matcher dropped: their detection or local track was erased on request",
+            registry=r,
+        )
         self.identity_events = Counter(
             "pgr_identity_events",
             "Identity events (created, joined, moved, merged, confirmed)",

@@ -344,10 +344,18 @@ class ServeSettings(StrictModel):
     audit_log: Path | None = Field(
         None, description="append-only JSON lines; default: audit.jsonl beside the thumbnails folder"
     )
+    sessions_file: Path | None = Field(
+        None,
+        description="logged-in sessions (SQLite), kept over restarts; default: beside the thumbnails folder",
+    )
     retention_days: float | None = Field(
         30,
         gt=0,
         description="detections seen longer ago are deleted (row, thumbnail, features); null: keep",
+    )
+    retention_days_by_camera: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="per camera id, overriding retention_days for that camera (null: keep its detections)",
     )
     retention_check_s: float = Field(3600, gt=0, description="how often the server applies the retention")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=MAX_IMAGE_BYTES)
@@ -357,6 +365,16 @@ class ServeSettings(StrictModel):
     )
     session_hours: float = Field(8, gt=0, le=24 * 30, description="a login lasts this long")
     max_results: int = Field(1000, ge=1, le=16384, description="results one search may page through")
+
+    @field_validator("retention_days_by_camera")
+    @classmethod
+    def _retention_per_camera(cls, v: dict[str, float | None]) -> dict[str, float | None]:
+        for cam, days in v.items():
+            if not is_camera_id(cam):
+                raise ValueError(f"bad camera id {cam!r}: want 1-64 of A-Z a-z 0-9 _ . -")
+            if days is not None and not days > 0:
+                raise ValueError(f"retention of camera {cam}: want a number of days > 0, or null to keep")
+        return v
 
 
 class Settings(StrictModel):
@@ -376,6 +394,10 @@ class Settings(StrictModel):
     @property
     def audit_log(self) -> Path:
         return self.serve.audit_log or self.matcher.thumbnails_dir.parent / "audit.jsonl"
+
+    @property
+    def sessions_file(self) -> Path:
+        return self.serve.sessions_file or self.matcher.thumbnails_dir.parent / "sessions.sqlite"
 
     @property
     def indexed_files(self) -> Path:
@@ -424,6 +446,7 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         ("matcher", "index_dir"),
         ("serve", "users_file"),
         ("serve", "audit_log"),
+        ("serve", "sessions_file"),
     ]:
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = str(_rel(base, raw[section][key]))

@@ -99,6 +99,14 @@ def test_metadata_counts_and_retention_queries(tmp_path):
     assert index.count_by_camera(["c0", "c1", "c2", "x"]) == {"c0": 40, "c1": 40, "c2": 40, "x": 0}
     old = index.older_than(1.7e9 + 100)
     assert sorted(d.frame_index for d in old) == list(range(10))
+    early = 1.7e9 + 100
+    assert sorted(d.frame_index for d in index.older_than(early, cameras=["c1"])) == [1, 4, 7]
+    assert sorted(d.frame_index for d in index.older_than(early, exclude=["c1"])) == [0, 2, 3, 5, 6, 8, 9]
+    assert len(index.older_than(1.7e9 + 100, limit=4)) == 4
+    track = index.of_track("c1", 2)  # frames i with i % 3 == 1 and i % 5 == 2
+    assert sorted(d.frame_index for d in track) == [7, 22, 37, 52, 67, 82, 97, 112]
+    assert [d.detection_id for d in index.of_track("c1", 2, id_prefix="c1:2")] == ["c1:22:t1"]
+    assert index.of_track("nowhere", 2) == [] and len(index.of_track("c1", 2, limit=3)) == 3
     v = index.vector("c2:5:t1")
     assert np.allclose(v, rows[5].instance / np.linalg.norm(rows[5].instance), atol=1e-6)
     index.close()

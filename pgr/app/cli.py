@@ -294,6 +294,18 @@ def add_operator_commands(sub) -> None:
     serve.add_argument("--host", help="override serve.host")
     serve.add_argument("--port", type=int, help="override serve.port")
 
+    erase = sub.add_parser(
+        "erase",
+        help="erase, for good and audited, everything stored about one identity or some detections "
+        "(stop `pgr serve` first when it owns a milvus-lite file, or use its API)",
+    )
+    what = erase.add_mutually_exclusive_group(required=True)
+    what.add_argument("--identity", help="a global identity id (`pgr identities` lists them)")
+    what.add_argument("--detection", nargs="+", metavar="ID", help="detection ids")
+    erase.add_argument("--reason", required=True, help="why: the request's reference (audited)")
+    erase.add_argument("--by", help="who asks, for the audit log (default: your login name)")
+    erase.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+
     user = sub.add_parser("user", help="add or change an account of the search server (password on stdin)")
     user.add_argument("name")
     user.add_argument("--role", choices=["admin", "viewer"], default="viewer")
@@ -355,24 +367,80 @@ def _serve(args) -> int:
 def _user(args) -> int:
     import getpass
 
-    from pgr.app.web.auth import UserStore
+    from pgr.app.web.auth import Sessions, UserStore
 
     settings = load_settings(args.config, check_models=False)
     users = UserStore(settings.users_file)
+    sessions = Sessions(settings.serve.session_hours, settings.sessions_file)
     if args.delete:
         users.delete(args.name)
-        print(f"account {args.name} removed")
+        sessions.end_user(args.name)
+        print(f"account {args.name} removed (and logged out)")
         return 0
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
     else:
         password = sys.stdin.readline().rstrip("\n")
     users.set(args.name, password, args.role)
-    print(f"account {args.name} ({args.role}) saved in {settings.users_file}")
+    ended = sessions.end_user(args.name)  # a new password or role: its open sessions end
+    print(
+        f"account {args.name} ({args.role}) saved in {settings.users_file}"
+        + (" (logged out)" if ended else "")
+    )
     return 0
 
 
-OPERATOR_COMMANDS = {"index": _index, "serve": _serve, "user": _user}
+def _erase(args) -> int:
+    import getpass
+
+    from matcher.erasure import UnknownIdentity, erase_detections, erase_identity
+    from matcher.feature_store import FeatureStore
+    from matcher.open_index import open_index
+    from matcher.thumbnails import ThumbnailStore
+    from pgr.app.pipeline import milvus_token
+    from pgr.app.web.audit import AuditLog
+
+    settings = load_settings(args.config, check_models=False)
+    m = settings.matcher
+    who = args.by or getpass.getuser()
+    audit = AuditLog(settings.audit_log)
+    index = open_index(m, token=milvus_token(settings))
+    stores = (index, ThumbnailStore(m.thumbnails_dir), FeatureStore(m.feature_store_dir))
+    try:
+        if args.identity is not None:
+            try:
+                erased = erase_identity(m.identity_store_path, *stores, args.identity)
+            except UnknownIdentity as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            counts = erased.counts()
+            audit.append(
+                who,
+                "identity_erasure",
+                via="cli",
+                reason=args.reason,
+                query={"identity_id": args.identity},
+                result_count=erased.detections,
+                **counts,
+            )
+            print(
+                f"identity {args.identity} erased: {counts['tracklets']} tracklets, {erased.events} events, "
+                f"{erased.detections} detections (index rows, thumbnails, features); identities deleted: "
+                + ", ".join(erased.identities)
+            )
+            return 0
+        ids = list(dict.fromkeys(args.detection))
+        found = {d.detection_id for d in erase_detections(m.identity_store_path, *stores, ids)}
+        query = {"detection_ids": ids}
+        audit.append(who, "erasure", via="cli", reason=args.reason, query=query, result_count=len(found))
+        missing = ", ".join(i for i in ids if i not in found)
+        print(f"{len(found)} detections erased" + (f"; not in the index: {missing}" if missing else ""))
+        return 0
+    finally:
+        index.close()
+
+
+OPERATOR_COMMANDS = {"index": _index, "serve": _serve, "user": _user, "erase": _erase}
 
 
 def _identity_store(args):

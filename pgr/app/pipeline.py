@@ -17,6 +17,7 @@ from matcher.index_check import check_rows_against_files
 from matcher.open_index import open_index
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
+from matcher.tombstones import Tombstones
 from pgr.consume_loop import consume_loop
 from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings, TransportSettings
@@ -147,6 +148,7 @@ def run_matcher_stage(
         index.close()
         raise
     producer = transport.producer()
+    tombstones = Tombstones(m.identity_store_path)  # erasures on request, identities on or off
     store = IdentityStore(m.identity_store_path) if m.identities.enabled else None
     identities = None
     if store is not None:
@@ -163,6 +165,7 @@ def run_matcher_stage(
         metrics,
         model=model,
         identities=identities,
+        tombstones=tombstones,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
@@ -178,6 +181,7 @@ def run_matcher_stage(
     finally:
         producer.close()
         index.close()
+        tombstones.close()
         if store is not None:
             store.close()
 

@@ -48,7 +48,7 @@ def create_app(
     settings: Settings, extractor: FeatureExtractor | None = None, retention_thread: bool = True
 ) -> FastAPI:
     """The app for these settings; it opens the index now and closes it at shutdown. With
-    `retention_thread` it applies the retention period at start and every `serve.retention_check_s`."""
+    `retention_thread` it applies the retention periods at start and every `serve.retention_check_s`."""
     m = settings.matcher
     state = AppState(
         settings=settings,
@@ -58,7 +58,7 @@ def create_app(
         extractor=extractor or build_extractor(settings.reid),
         params=RetrievalParams.from_settings(m),
         users=UserStore(settings.users_file),
-        sessions=Sessions(settings.serve.session_hours),
+        sessions=Sessions(settings.serve.session_hours, settings.sessions_file),
         audit=AuditLog(settings.audit_log),
     )
     if state.users.count() == 0:
@@ -68,7 +68,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         thread = None
-        if retention_thread and settings.serve.retention_days is not None:
+        if retention_thread and state.retention().applies:
 
             def loop() -> None:
                 while True:
@@ -89,6 +89,7 @@ def create_app(
                 thread.join(timeout=30)
             with state.lock:
                 state.index.close()
+            state.sessions.close()
 
     app = FastAPI(
         title="PGR re-ID operator search",
