@@ -174,6 +174,14 @@ def _gather(
         None,
     )
     bounds = np.zeros((g, 2), np.int64)  # each row's first and past-last pixel item in its segment
+    for sid in np.unique(seg_of).tolist():  # start every read from the disk at once (a no-op when cached)
+        seg, rows = snap.by_id[sid], row_of[seg_of == sid]
+        for name in ("instance", "parts"):
+            seg.prefetch(name, rows, rows + 1)
+        if pixels:
+            ends = seg.ends("pixels")
+            starts = np.where(rows > 0, ends[np.maximum(rows - 1, 0)], 0)
+            seg.prefetch("pixels", starts, ends[rows])
     for sid in np.unique(seg_of).tolist():
         at = np.flatnonzero(seg_of == sid)
         seg, rows = snap.by_id[sid], row_of[at]

@@ -477,6 +477,7 @@ def bench_search(args) -> dict:
         features = FeatureStore(folder / "features")
         filters = _filters(layout, args.queries)
         result["search"], result["load_candidates"] = {}, {}
+        cold_candidates: dict[str, list[list[str]]] = {}
         for name, fs in filters.items():
             times, candidates = [], []
             for qi, f in zip(query_rows, fs, strict=True):
@@ -489,7 +490,7 @@ def bench_search(args) -> dict:
                 assert hits
                 candidates.append(index.search_ids(query.instance, params.n1, **f).ids)
             # the candidates' load alone, after every search of this filter (no query's rows just read)
-            loads, loads_parts, cold = [], [], []
+            loads, loads_parts = [], []
             for ids in candidates:
                 t = time.perf_counter()
                 features.load_rows(ids)
@@ -497,23 +498,26 @@ def bench_search(args) -> dict:
                 t = time.perf_counter()
                 features.load_rows(ids, pixels=False)
                 loads_parts.append(time.perf_counter() - t)
-            for ids in candidates[:10]:  # from the disk: the store's pages dropped from the page cache
-                _evict(folder / "features")
-                t = time.perf_counter()
-                features.load_rows(ids)
-                cold.append(time.perf_counter() - t)
             warm = slice(2, None) if len(times) > 4 else slice(None)
             result["search"][name] = _stats(times[warm])
             result["load_candidates"][name] = {
                 "parts_and_pixels": _stats(loads[warm]),
                 "parts_only": _stats(loads_parts[warm]),
-                "parts_and_pixels_from_disk": _stats(cold),
                 "candidates_mean": round(float(np.mean([len(c) for c in candidates]))),
             }
+            cold_candidates[name] = candidates[:10]
             print(
                 f"  {name}: search {result['search'][name]}, load {result['load_candidates'][name]}",
                 flush=True,
             )
+        for name, lists in cold_candidates.items():  # last: from the disk, the store's pages dropped first
+            cold = []
+            for ids in lists:
+                _evict(folder / "features")
+                t = time.perf_counter()
+                features.load_rows(ids)
+                cold.append(time.perf_counter() - t)
+            result["load_candidates"][name]["parts_and_pixels_from_disk"] = _stats(cold)
         result["memory"] = _memory(rss_before, folder)
         index.close()
     finally:
