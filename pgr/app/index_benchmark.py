@@ -325,7 +325,7 @@ def _setup(args) -> tuple[RealFeatures, Layout, np.ndarray, Path]:
     )
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(real))
-    held = order[: min(args.queries, len(real) // 5)]  # queries: crops no row is a copy of
+    held = order[: max(1, len(real) // 5)]  # queries: crops no row is a copy of
     layout = Layout(args.rows, args.cameras, args.days, args.noise, np.sort(order[len(held) :]), args.seed)
     queries = held[rng.integers(0, len(held), args.queries)]
     (REPO / "var").mkdir(exist_ok=True)
@@ -334,12 +334,26 @@ def _setup(args) -> tuple[RealFeatures, Layout, np.ndarray, Path]:
     return real, layout, queries, folder
 
 
-def _reused(args, index_dir: Path) -> bool:
-    """--reuse: query what a --keep run built in --dir (the same --rows, --seed and features), no insert."""
+def _reused(args, index_dir: Path, layout: Layout, real: RealFeatures) -> bool:
+    """--reuse: query what a --keep run built in --dir, no insert (refused unless it was built from the same
+    rows). Otherwise note how the rows are made, for a later --reuse."""
+    made = {
+        "rows": layout.rows,
+        "cameras": layout.cameras,
+        "days": layout.days,
+        "noise": layout.noise,
+        "seed": layout.seed,
+        "real_crops": real.origin,
+    }
+    note = index_dir.parent / "bench_rows.json"
     if not args.reuse:
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(json.dumps(made))
         return False
-    if not (index_dir / "MANIFEST.json").is_file():
+    if not (index_dir / "MANIFEST.json").is_file() or not note.is_file():
         raise SystemExit(f"--reuse: no index in {index_dir} (build one with --keep --dir first)")
+    if json.loads(note.read_text()) != made:
+        raise SystemExit(f"--reuse: {index_dir} was built from other rows: {note.read_text()}")
     return True
 
 
@@ -358,7 +372,7 @@ def bench_index(args) -> dict:
     _quiet()
     real, layout, query_rows, folder = _setup(args)
     dim = real.instances.shape[1]
-    reuse = _reused(args, folder / "index")
+    reuse = _reused(args, folder / "index", layout, real)
     if not reuse:
         _need_disk(folder, args.rows * (dim * 4 + 150) / 2**20)
     result = {**_machine(), "backend": args.backend, "rows": args.rows, "cameras": args.cameras}
@@ -442,7 +456,7 @@ def bench_search(args) -> dict:
         + 100
         + float(np.mean([p.nbytes + c.nbytes for p, c in zip(real.pixels, real.pixel_coords, strict=True)]))
     )
-    reuse = _reused(args, folder / "index")
+    reuse = _reused(args, folder / "index", layout, real)
     if not reuse:
         _need_disk(folder, args.rows * per_row / 2**20)
     params = RetrievalParams()
