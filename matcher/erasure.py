@@ -30,7 +30,8 @@ from pathlib import Path
 from matcher.feature_store import FeatureStore
 from matcher.forget import forget_detections_in_store, forget_in_store
 from matcher.identity_store import overwriting
-from matcher.index import DetectionIndex, IndexedDetection
+from matcher.index import IndexedDetection
+from matcher.open_index import AnyIndex
 from matcher.retention import erase
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import record_erasure, tombstone, track_of
@@ -68,7 +69,7 @@ class IdentityErased:
 
 def erase_identity(
     store_path: Path,
-    index: DetectionIndex,
+    index: AnyIndex,
     thumbnails: ThumbnailStore,
     features: FeatureStore,
     identity_id: str,
@@ -96,7 +97,7 @@ def erase_identity(
     return IdentityErased(identity_id, request, forgot.tracklets, forgot.identities, forgot.events, deleted)
 
 
-def erase_track(index: DetectionIndex, thumbnails: ThumbnailStore, features: FeatureStore, key: str) -> int:
+def erase_track(index: AnyIndex, thumbnails: ThumbnailStore, features: FeatureStore, key: str) -> int:
     """Erase the indexed detections of one local track (a `detection_key`); returns how many."""
     parts = key.split(":")
     camera, track = parts[0], parts[-1]
@@ -114,7 +115,7 @@ def erase_track(index: DetectionIndex, thumbnails: ThumbnailStore, features: Fea
 
 def erase_detections(
     store_path: Path,
-    index: DetectionIndex,
+    index: AnyIndex,
     thumbnails: ThumbnailStore,
     features: FeatureStore,
     ids: list[str],

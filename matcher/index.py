@@ -28,6 +28,12 @@ VECTOR_FIELD = "instance"
 UNAVAILABLE = 2  # pymilvus's code for a server it cannot reach: worth retrying, it may come back
 _ID_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # nothing to escape in a filter expression
 _OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model", "read_at", "indexed_at"]
+# vector index types: (build parameters, search parameters)
+MILVUS_INDEXES = {
+    "FLAT": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 64}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 1024}),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,16 @@ class IndexedDetection:
     s_ins: float = float("nan")
     s_part: float = float("nan")
     s_pixel: float = float("nan")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A first-stage answer without the metadata: ids best first, their cosine similarities, and the model
+    each row was indexed with."""
+
+    ids: list[str]
+    scores: np.ndarray  # (n,) float32
+    models: list[str]
 
 
 @dataclass(frozen=True)
@@ -75,8 +91,12 @@ class DetectionIndex:
         retries: int = 5,
         dim: int | None = None,
         token: str | None = None,
+        index_type: str = "FLAT",
     ) -> None:
         self.uri, self.collection, self.retries = uri, collection, retries
+        # a new collection's vector index; FLAT is exact (the others for `pgr bench index --milvus-index`)
+        self.index_type, self.index_params = index_type, MILVUS_INDEXES[index_type][0]
+        self.search_params = MILVUS_INDEXES[index_type][1]
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             if Path(uri).is_dir():
@@ -133,7 +153,9 @@ class DetectionIndex:
         schema.add_field("read_at", DataType.DOUBLE)  # when ingest decoded the frame (wall clock)
         schema.add_field("indexed_at", DataType.DOUBLE)  # when this row was written
         params = self.client.prepare_index_params()
-        params.add_index(VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
+        params.add_index(
+            VECTOR_FIELD, index_type=self.index_type, metric_type="COSINE", params=self.index_params
+        )
         self.client.create_collection(self.collection, schema=schema, index_params=params)
         self.client.load_collection(self.collection)
         self.dim = dim
@@ -318,8 +340,7 @@ class DetectionIndex:
             return []
         if vector.shape != (self.dim,):
             raise ValueError(f"query vector has shape {vector.shape}, the index holds ({self.dim},)")
-        cameras = [camera] if isinstance(camera, str) else camera
-        expr = _filter(cameras, since, until)
+        expr = _filter(*check_filter(camera, since, until))
         res = self._retry(
             "search",
             lambda: self.client.search(
@@ -329,9 +350,44 @@ class DetectionIndex:
                 limit=top_k,
                 filter=expr,
                 output_fields=_OUTPUT,
+                search_params={"params": self.search_params},
             ),
         )
         return [_to_detection(h["id"], h["entity"], score=float(h["distance"])) for h in res[0]]
+
+    def search_ids(
+        self,
+        vector: np.ndarray,
+        top_k: int = 10,
+        camera: str | list[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Candidates:
+        """`search` returning only ids, similarities and models (the metadata of the few results shown is
+        fetched with `get`)."""
+        if self.dim is None:
+            return Candidates([], np.empty(0, np.float32), [])
+        if vector.shape != (self.dim,):
+            raise ValueError(f"query vector has shape {vector.shape}, the index holds ({self.dim},)")
+        expr = _filter(*check_filter(camera, since, until))
+        res = self._retry(
+            "search",
+            lambda: self.client.search(
+                self.collection,
+                data=[vector.astype(np.float32).tolist()],
+                anns_field=VECTOR_FIELD,
+                limit=top_k,
+                filter=expr,
+                output_fields=["model"],
+                search_params={"params": self.search_params},
+            ),
+        )
+        hits = res[0]
+        return Candidates(
+            [h["id"] for h in hits],
+            np.array([h["distance"] for h in hits], np.float32),
+            [h["entity"]["model"] for h in hits],
+        )
 
     def compact(self) -> None:
         """Ask the index to rewrite its segments without deleted rows (after an erasure). A Milvus server
@@ -369,20 +425,32 @@ class DetectionIndex:
                 delay = min(delay * 2, 10)
 
 
-def _filter(cameras: list[str] | None, since: float | None, until: float | None) -> str:
-    """A Milvus filter expression for cameras and a time range (values checked: nothing is injected)."""
-    filters = []
+def check_filter(
+    camera: str | list[str] | None, since: float | None, until: float | None
+) -> tuple[list[str] | None, float | None, float | None]:
+    """The cameras as a list (None: all) and the time bounds, checked: a bad camera id, an empty camera list
+    or a time that is not finite raises ValueError."""
+    cameras = [camera] if isinstance(camera, str) else camera
     if cameras is not None:
         bad = [c for c in cameras if not is_camera_id(c)]
         if bad or not cameras:
             raise ValueError(f"bad camera id {bad[0]!r}" if bad else "an empty camera list matches nothing")
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite time, got {value!r}")
+    return cameras, None if since is None else float(since), None if until is None else float(until)
+
+
+def _filter(cameras: list[str] | None, since: float | None, until: float | None) -> str:
+    """A Milvus filter expression for cameras and a time range (values checked: nothing is injected)."""
+    cameras, since, until = check_filter(cameras, since, until)
+    filters = []
+    if cameras is not None:
         quoted = ", ".join(f'"{c}"' for c in cameras)  # ids are [A-Za-z0-9_.-]: nothing to escape
         filters.append(f"camera in [{quoted}]")
-    for name, op, value in (("since", ">=", since), ("until", "<=", until)):
+    for op, value in ((">=", since), ("<=", until)):
         if value is not None:
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite time, got {value!r}")
-            filters.append(f"ts {op} {float(value)!r}")
+            filters.append(f"ts {op} {value!r}")
     return " and ".join(filters)
 
 

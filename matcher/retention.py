@@ -3,7 +3,9 @@
 Everything stored about a detection goes together: its index row (instance vector and metadata), its
 thumbnail and its part/pixel features. Files are removed before the row, so a crash in between leaves a
 row without files (which search and `check_rows_against_files` tolerate), never files without a row that
-nothing would find again to delete.
+nothing would find again to delete. The feature store and the embedded index first mark rows deleted, then
+compact: the segments that held them are rewritten without them, so the erased data leave the disk before
+the call returns (`erase`, `erase_ids`; matcher/erasure.py erases an identity's detections through them).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 from matcher.feature_store import FeatureStore
 from matcher.forget import forget_expired_in_store
 from matcher.identity_store import overwriting
-from matcher.index import DetectionIndex, IndexedDetection
+from matcher.index import IndexedDetection
+from matcher.open_index import AnyIndex
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Cutoffs, record_retention
 from pgr.settings import ServeSettings
@@ -23,22 +26,30 @@ DAY = 86400.0
 
 
 def erase(
-    index: DetectionIndex,
+    index: AnyIndex,
     thumbnails: ThumbnailStore,
     features: FeatureStore,
     detections: list[IndexedDetection],
+    compact: bool = True,
 ) -> int:
-    """Delete the detections' files and rows; returns how many rows were deleted."""
+    """Delete the detections' files and rows; returns how many rows were deleted. With `compact` (the
+    default) the deleted data leave the disk now; a caller erasing in several batches may compact once."""
     for d in detections:
         thumbnails.remove(d.camera_id, d.detection_id)
-        features.remove(d.camera_id, d.detection_id)
-    return index.delete([d.detection_id for d in detections])
+    ids = [d.detection_id for d in detections]
+    features.delete(ids)
+    deleted = index.delete(ids)
+    if compact and ids:
+        features.compact()
+        index.compact()
+    return deleted
 
 
 def erase_ids(
-    index: DetectionIndex, thumbnails: ThumbnailStore, features: FeatureStore, ids: list[str]
+    index: AnyIndex, thumbnails: ThumbnailStore, features: FeatureStore, ids: list[str]
 ) -> list[str]:
-    """Erase the detections with these ids; returns the ids that were found (and are now gone)."""
+    """Erase the detections with these ids (row, thumbnail, features; from the disk, not only from search);
+    returns the ids that were found (and are now gone)."""
     found = index.get(ids)
     erase(index, thumbnails, features, found)
     return [d.detection_id for d in found]
@@ -86,7 +97,7 @@ class Purged:
 
 
 def purge_expired(
-    index: DetectionIndex,
+    index: AnyIndex,
     thumbnails: ThumbnailStore,
     features: FeatureStore,
     now: float,
@@ -115,7 +126,7 @@ def purge_expired(
 
 
 def _purge(
-    index: DetectionIndex,
+    index: AnyIndex,
     thumbnails: ThumbnailStore,
     features: FeatureStore,
     cutoff: float,
@@ -124,7 +135,10 @@ def _purge(
 ) -> int:
     total = 0
     while expired := index.older_than(cutoff, limit=batch, **which):
-        total += erase(index, thumbnails, features, expired)
+        total += erase(index, thumbnails, features, expired, compact=False)
         if len(expired) < batch:
             break
+    if total:
+        features.compact()
+        index.compact()
     return total

@@ -1,19 +1,23 @@
-"""The matcher: consume feature records, keep thumbnails on disk and index the detections in Milvus."""
+"""The matcher: consume feature records, keep thumbnails and features on disk and index the detections."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 
 from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
-from matcher.index import DetectionIndex, IndexRow
+from matcher.index import IndexRow
+from matcher.open_index import AnyIndex
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
 from pgr.consume_loop import dead_letter, reason
-from pgr.errors import IndexUnavailable
+from pgr.errors import IndexUnavailable, StorageUnavailable
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
@@ -24,6 +28,24 @@ STAGE = "matcher"
 _RECORD_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 GALLERY_COUNT_S = 10.0  # how often the matcher counts the index's rows (pgr_gallery_size)
 INDEX_RETRY_MAX_S = 30.0  # the longest wait between two tries of a batch the index did not take
+
+
+@contextlib.contextmanager
+def _disk_errors_reported(worker: MatcherWorker) -> Iterator[None]:
+    """A disk that cannot be written (full, read-only, failing) as one clear StorageUnavailable: the stores
+    have kept every earlier commit and nothing of this batch, whose records come again after a restart."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _RECORD_ERRNOS:
+            raise
+        where = exc.filename or f"{worker.thumbnails.root}, {worker.features.root} or {worker.index.uri}"
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StorageUnavailable(
+            f"the matcher cannot write {where}: {why}. Nothing of this batch was committed (its records "
+            "are delivered again) and everything indexed before is intact: free space (or fix the disk) "
+            "and start the matcher again"
+        ) from exc
 
 
 class MatcherWorker:
@@ -39,7 +61,7 @@ class MatcherWorker:
 
     def __init__(
         self,
-        index: DetectionIndex,
+        index: AnyIndex,
         thumbnails: ThumbnailStore,
         features: FeatureStore,
         producer: Producer,
@@ -75,13 +97,18 @@ class MatcherWorker:
                 continue
             records[rec.detection.detection_id] = (msg, rec)  # a duplicate inside one batch keeps the last
         self._drop_erased(records)  # erased on request (matcher/tombstones.py): neither indexed nor tracked
+        with _disk_errors_reported(self):
+            self._write(records)
+
+    def _write(self, records: dict[str, tuple[Message, FeatureRecord]]) -> None:
+        """Thumbnails, features and index rows of the accepted records; dead-letters what they refuse."""
         t0 = time.perf_counter()
-        rows, thumbs = [], {}
+        rows, thumbs, crops = [], {}, []
         for msg, rec in list(records.values()):
             det = rec.detection
             try:
                 thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
-                self.features.save(det.camera_id, det.detection_id, rec.crop_features())
+                crops.append((det.detection_id, rec.crop_features()))
             except (OSError, UnicodeError, ValueError) as exc:
                 if isinstance(exc, OSError) and exc.errno not in _RECORD_ERRNOS:
                     raise  # a full or read-only disk: not this record's fault
@@ -90,13 +117,19 @@ class MatcherWorker:
                 continue
             rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
             thumbs[det.detection_id] = str(thumb)
+        # one commit for the batch's features; a full disk raises here (nothing committed, records come again)
+        for det_id, why in self.features.save_many(crops).items():
+            msg, rec = records.pop(det_id)
+            self.thumbnails.remove(rec.detection.camera_id, det_id)
+            rows = [r for r in rows if r.detection.detection_id != det_id]
+            self._dead(msg, MalformedRecord(why))
         refused = self._upsert(rows)
         self.metrics.index_write_errors.labels("refused").inc(len(refused))
         for det_id, why in refused.items():
             msg, rec = records.pop(det_id)
             self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
-            self.features.remove(rec.detection.camera_id, det_id)
             self._dead(msg, MalformedRecord(why))
+        self.features.delete([det_id for det_id in thumbs if det_id not in records])
         self.producer.flush()
         if self.identities is not None:  # after the index write, before the commit
             ordered = sorted(records.values(), key=lambda mr: (mr[1].detection.timestamp, mr[0].offset))
@@ -104,8 +137,11 @@ class MatcherWorker:
         erased = self._drop_erased(records)  # erased while this batch was being written: undo its writes
         for rec in erased:
             self.thumbnails.remove(rec.detection.camera_id, rec.detection.detection_id)
-            self.features.remove(rec.detection.camera_id, rec.detection.detection_id)
+        self.features.delete([rec.detection.detection_id for rec in erased])
         self.index.delete([rec.detection.detection_id for rec in erased])
+        if erased:  # erased: off the disk too, not only out of search
+            self.features.compact()
+            self.index.compact()
         if not records:
             return
         now = time.time()

@@ -191,7 +191,14 @@ class MatcherSettings(StrictModel):
     """Index, stores and progressive retrieval (n1..part_score: the one place their defaults, the paper's, are
     written; reid.retrieval.RetrievalParams takes them from here)."""
 
-    milvus_uri: str
+    index: Literal["embedded", "milvus"] = Field(
+        "embedded",
+        description="embedded: the project's own index in index_dir (fast to a million rows and more on "
+        "one machine; any number of local processes); milvus: a Milvus server or milvus-lite file at "
+        "milvus_uri (the scale-out path). BENCHMARKS.md, Index",
+    )
+    index_dir: Path | None = Field(None, description="the embedded index (default: beside thumbnails)")
+    milvus_uri: str | None = Field(None, description="index: milvus: a .db file or http(s)://host:port")
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
     milvus_token: SecretStr | None = Field(
@@ -221,9 +228,16 @@ class MatcherSettings(StrictModel):
 
     @model_validator(mode="after")
     def _token_needs_server(self) -> MatcherSettings:
-        if self.milvus_token is not None and "://" not in self.milvus_uri:
+        if self.index == "milvus" and self.milvus_uri is None:
+            raise ValueError("index: milvus needs milvus_uri (a .db file or http(s)://host:port)")
+        if self.milvus_token is not None and "://" not in (self.milvus_uri or ""):
             raise ValueError("milvus_token needs a Milvus server URI (milvus-lite files have no users)")
         return self
+
+    @property
+    def index_path(self) -> Path:
+        """The embedded index's folder."""
+        return self.index_dir or self.thumbnails_dir.parent / "index"
 
     @property
     def feature_store_dir(self) -> Path:
@@ -233,9 +247,16 @@ class MatcherSettings(StrictModel):
     def identity_store_path(self) -> Path:
         return self.identities.store or self.thumbnails_dir.parent / "identities.sqlite"
 
+    @field_validator("milvus_uri", mode="before")
+    @classmethod
+    def _no_uri(cls, v):
+        return v or None  # an unset ${VAR:-} in the YAML
+
     @field_validator("milvus_uri")
     @classmethod
-    def _uri(cls, v: str) -> str:
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if "://" in v:
             u = urlparse(v)
             if u.scheme not in {"http", "https", "tcp"} or not u.hostname:
@@ -430,6 +451,7 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         ("reid", "heads"),
         ("matcher", "thumbnails_dir"),
         ("matcher", "features_dir"),
+        ("matcher", "index_dir"),
         ("serve", "users_file"),
         ("serve", "audit_log"),
         ("serve", "sessions_file"),
@@ -443,7 +465,7 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         security["ca_file"] = str(_rel(base, security["ca_file"]))
     if isinstance(raw.get("matcher"), dict):
         uri = raw["matcher"].get("milvus_uri")
-        if isinstance(uri, str) and "://" not in uri:
+        if isinstance(uri, str) and uri and "://" not in uri:
             raw["matcher"]["milvus_uri"] = str(_rel(base, uri))
         ids = raw["matcher"].get("identities")
         if isinstance(ids, dict) and isinstance(ids.get("store"), str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -150,3 +152,53 @@ def operator_config(folder: Path, **serve) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+class SmallDisk:
+    """A folder on a file system of its own that a test can fill: a 4 MiB tmpfs (mounting needs root), or,
+    where mounting is refused, a plain folder where every fsync after `fill` fails with ENOSPC once a few
+    more have passed (the disk full at the file layer)."""
+
+    def __init__(self, path: Path, mounted: bool, monkeypatch) -> None:
+        self.path, self.mounted, self._monkeypatch = path, mounted, monkeypatch
+
+    def fill(self, keep_free: int) -> None:
+        """Leave about `keep_free` bytes of room."""
+        if self.mounted:
+            st = os.statvfs(self.path)
+            with (self.path / "filler").open("wb") as f:
+                f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - keep_free))
+            return
+        real, budget = os.fsync, [max(1, keep_free // 2048)]
+
+        def fsync(fd: int) -> None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            real(fd)
+
+        self._monkeypatch.setattr(os, "fsync", fsync)
+
+    def free(self) -> None:
+        """Room again."""
+        if self.mounted:
+            (self.path / "filler").unlink()
+        else:
+            self._monkeypatch.undo()
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    path = tmp_path / "small_disk"
+    path.mkdir()
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        yield SmallDisk(path, mounted, monkeypatch)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -19,7 +19,7 @@ from matcher.erasure import UnknownIdentity, erase_detections, erase_identity
 from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore, list_identities, timeline
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from matcher.retention import DAY, Retention, purge_expired
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
@@ -51,11 +51,14 @@ def _tracklets(store_path) -> dict[str, tuple[str, list[str]]]:
 
 
 def _files(settings, det_ids: list[str]) -> list:
-    m = settings.matcher
     cam = det_ids[0].split(":")[0]
-    return [detection_path(m.thumbnails_dir, cam, d, ".jpg") for d in det_ids] + [
-        detection_path(m.feature_store_dir, cam, d, ".npz") for d in det_ids
-    ]
+    return [detection_path(settings.matcher.thumbnails_dir, cam, d, ".jpg") for d in det_ids]
+
+
+def _features(settings, det_ids: list[str]) -> list[bool]:
+    """Per detection: whether the feature store holds its part and pixel features."""
+    store = FeatureStore(settings.matcher.feature_store_dir)
+    return [store.load("", d) is not None for d in det_ids]
 
 
 def _disk_bytes(store_path) -> bytes:
@@ -107,6 +110,7 @@ def test_erasing_an_identity_through_the_api_deletes_everything_about_it(indexed
     store_path = m.identity_store_path
     ident, tids, det_ids = _biggest(store_path)
     assert len(det_ids) >= 3 and all(p.is_file() for p in _files(settings, det_ids))
+    assert all(_features(settings, det_ids))
     others = {t: v for t, v in _tracklets(store_path).items() if v[0] != ident}
     assert others, "the clip has more than one person"
     assert _quoted(det_ids[0]) in _disk_bytes(store_path)
@@ -140,7 +144,7 @@ def test_erasing_an_identity_through_the_api_deletes_everything_about_it(indexed
         assert again.status_code == 404 and f"identity {ident!r} was erased" in again.json()["detail"]
 
     # gone from the disk: thumbnails, features, and the identity store's rows (overwritten, not unlinked)
-    assert not any(p.exists() for p in _files(settings, det_ids))
+    assert not any(p.exists() for p in _files(settings, det_ids)) and not any(_features(settings, det_ids))
     assert set(_tracklets(store_path)) == set(others)
     store = IdentityStore(store_path)
     assert timeline(store, ident) == [] and ident not in {s.identity_id for s in list_identities(store)}
@@ -150,7 +154,7 @@ def test_erasing_an_identity_through_the_api_deletes_everything_about_it(indexed
     store.close()
     disk = _disk_bytes(store_path)
     assert not any(_quoted(d) in disk for d in det_ids)
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    index = open_index(m)
     assert index.get(det_ids) == []
     assert not {detection_key(d) for d in index.get(index.all_ids())} & {track_of(t) for t in tids}
     index.close()
@@ -167,11 +171,11 @@ def test_erasing_an_identity_through_the_api_deletes_everything_about_it(indexed
     save_state(settings.indexed_files, state)
     (again,) = index_files(settings, [pets_clip], "gate", extractor, start=entry.start_time, bars=False)
     assert again.done and again.detections == total - len(set(det_ids))
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    index = open_index(m)
     assert index.get(det_ids) == [] and index.count() == total - len(set(det_ids))
     index.close()
     assert not {track_of(t) for t in _tracklets(store_path)} & {track_of(t) for t in tids}
-    assert not any(p.exists() for p in _files(settings, det_ids))
+    assert not any(p.exists() for p in _files(settings, det_ids)) and not any(_features(settings, det_ids))
 
 
 def test_pgr_erase_on_the_command_line(indexed, capsys):
@@ -191,7 +195,7 @@ def test_pgr_erase_on_the_command_line(indexed, capsys):
     assert f"identity {ident!r} was erased" in capsys.readouterr().err
     assert pgr_main(["erase", "--identity", "id:nobody", "--reason", "SAR-3", *cfg]) == 1
     assert "no identity 'id:nobody'" in capsys.readouterr().err
-    assert not any(p.exists() for p in _files(settings, det_ids))
+    assert not any(p.exists() for p in _files(settings, det_ids)) and not any(_features(settings, det_ids))
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +220,7 @@ class _Matcher:
     def __init__(self, settings, model_dim) -> None:
         m = settings.matcher
         self.bus, self.metrics = InProcessBus(capacity=100_000), PipelineMetrics()
-        self.index = DetectionIndex(m.milvus_uri, m.collection, dim=model_dim[1])
+        self.index = open_index(m, dim=model_dim[1], model=model_dim[0])
         self.store = IdentityStore(m.identity_store_path)
         self.tombstones = Tombstones(m.identity_store_path)
         self.identities = IdentityService(
@@ -304,7 +308,8 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     assert counter_total(restarted.metrics.records_erased) == len(of_key)
     restarted.close()
     assert not any(track_of(t) == key for t in _tracklets(store_path))
-    assert not any(p.exists() for p in _files(settings, [r.detection.detection_id for r in of_key]))
+    gone = [r.detection.detection_id for r in of_key]
+    assert not any(p.exists() for p in _files(settings, gone)) and not any(_features(settings, gone))
 
 
 def _fed(records, folder):

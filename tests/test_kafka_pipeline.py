@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from matcher.search import search_image
 from pgr.app.local_stack import StageProcess, group_lag, topic_records
 from pgr.app.pipeline import build_extractor
@@ -58,7 +58,7 @@ def wait_drained(service: Service, bootstrap: str, group: str, topic: str, timeo
 
 
 def index_count(settings) -> int:
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     try:
         return index.count()
     finally:
@@ -115,7 +115,7 @@ def test_three_processes_over_kafka(kafka_bootstrap, write_config, pets_video, t
     assert index_count(settings) == n + 1
 
     # A crop from the index, searched for, finds its own track first.
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     track, _, query = own_track_query(index)
     hits = search_image(index, build_extractor(settings.reid), Path(query.thumbnail), top_k=5)
     assert_own_track_first(hits, query, track)

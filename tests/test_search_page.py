@@ -18,7 +18,7 @@ import uvicorn
 from conftest import free_port, operator_config, wait_for_port
 
 from matcher.identity_store import IdentityStore, identity_of, timeline
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from pgr.app.indexing import index_files
 from pgr.app.pipeline import build_extractor
 from pgr.app.web.app import create_app
@@ -41,7 +41,7 @@ def server(tmp_path_factory, pets_clip):
     index_files(settings, [pets_clip], "gate", extractor, start=time.time() - 600, bars=False)
     UserStore(settings.users_file).set("olga", PASSWORD, "viewer")
     UserStore(settings.users_file).set("ada", PASSWORD, "admin")
-    index = DetectionIndex(settings.matcher.milvus_uri)
+    index = open_index(settings.matcher)
     rows = index.get(index.all_ids())
     index.close()
     query_row = max(rows, key=lambda d: d.box[3] - d.box[1])  # the largest crop: a clear query

@@ -63,7 +63,12 @@ def run_benchmark(config: str, out: str | None = None) -> int:
         settings = settings.model_copy(
             update={
                 "matcher": settings.matcher.model_copy(
-                    update={"milvus_uri": f"{tmp}/bench.db", "thumbnails_dir": Path(tmp) / "thumbs"}
+                    update={
+                        "milvus_uri": f"{tmp}/bench.db",
+                        "index_dir": Path(tmp) / "index",
+                        "thumbnails_dir": Path(tmp) / "thumbs",
+                        "features_dir": Path(tmp) / "features",
+                    }
                 )
             }
         )
@@ -103,7 +108,7 @@ def run_benchmark(config: str, out: str | None = None) -> int:
 
 def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     """Frame-read-to-searchable latency over Kafka with three processes and a real-time paced camera."""
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
 
     work = Path(tempfile.mkdtemp(prefix="pgr-bench-"))
     cfg = yaml.safe_load((CONFIGS / "kafka.yaml").read_text())
@@ -134,7 +139,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
             procs[stage].send_signal(signal.SIGTERM)
             procs[stage].wait(timeout=60)
         settings = load_settings(config)
-        index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+        index = open_index(settings.matcher)
         rows = index.get(index.all_ids())
         index.close()
     finally:

@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from pgr.app.index_benchmark import add_index_bench_options
 from pgr.errors import Unavailable
 from pgr.images import BadImage
 from pgr.model_files import ModelFileMissing
@@ -55,9 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("identity_id")
     ident.add_argument("--config", default=str(DEFAULT_EMBEDDED))
 
-    bench = sub.add_parser("bench", help="measure embedded throughput per stage (see pgr/app/benchmark.py)")
-    bench.add_argument("--config", default=str(DEFAULT_EMBEDDED))
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks (BENCHMARKS.md): embedded throughput per stage (default), index (stage 1 at "
+        "scale), search (the whole search at scale)",
+    )
+    bench.add_argument("what", nargs="?", default="embedded", choices=list(BENCHMARKS))
+    bench.add_argument("--config", help="pipeline config (default: embedded.yaml)")
     bench.add_argument("--out", help="also write the figures as JSON here")
+    add_index_bench_options(bench)
     add_operator_commands(sub)
 
     args = parser.parse_args(argv)
@@ -82,15 +89,34 @@ def main(argv: list[str] | None = None) -> int:
             return _identities(args)
         if args.command == "identity":
             return _identity(args)
-        from pgr.app.benchmark import run_benchmark
-
-        return run_benchmark(args.config, args.out)
+        return BENCHMARKS[args.what](args)
     except (SettingsError, ModelFileMissing, BadImage, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Unavailable as exc:  # a broker, an index or a port: not the command line's fault
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _bench_embedded(args) -> int:
+    from pgr.app.benchmark import run_benchmark
+
+    return run_benchmark(args.config or str(DEFAULT_EMBEDDED), args.out)
+
+
+def _bench_index(args) -> int:
+    from pgr.app.index_benchmark import bench_index, report
+
+    return report(bench_index(args), args.out)
+
+
+def _bench_search(args) -> int:
+    from pgr.app.index_benchmark import bench_search, report
+
+    return report(bench_search(args), args.out)
+
+
+BENCHMARKS = {"embedded": _bench_embedded, "index": _bench_index, "search": _bench_search}
 
 
 def parse_time(value: str | None) -> float | None:
@@ -141,7 +167,7 @@ def _demo(args) -> int:
 
     from matcher.contact_sheet import write_contact_sheet
     from matcher.feature_store import FeatureStore
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
     from matcher.search import longest_track_query, search_image
     from pgr.app.pipeline import build_extractor, run_embedded
     from pgr.metrics import PipelineMetrics, counter_total
@@ -151,9 +177,12 @@ def _demo(args) -> int:
     if settings.transport.kind != "inprocess":
         raise SettingsError(f"{args.config}: the demo runs embedded: transport.kind must be inprocess")
     m = settings.matcher
-    if not args.keep and "://" not in m.milvus_uri:
-        db = Path(m.milvus_uri)  # milvus-lite 3 keeps a .db as a folder; older releases as a file
-        shutil.rmtree(db, ignore_errors=True) if db.is_dir() else db.unlink(missing_ok=True)
+    if not args.keep:
+        if m.index == "embedded":
+            shutil.rmtree(m.index_path, ignore_errors=True)
+        elif "://" not in m.milvus_uri:
+            db = Path(m.milvus_uri)  # milvus-lite 3 keeps a .db as a folder; older releases as a file
+            shutil.rmtree(db, ignore_errors=True) if db.is_dir() else db.unlink(missing_ok=True)
         shutil.rmtree(m.thumbnails_dir, ignore_errors=True)
         shutil.rmtree(m.feature_store_dir, ignore_errors=True)
         for suffix in ("", "-wal", "-shm"):
@@ -170,7 +199,7 @@ def _demo(args) -> int:
     if run.errors:
         print("errors: " + "; ".join(run.errors), file=sys.stderr)
         return 1
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    index = open_index(m)
     frames = counter_total(metrics.frames_read)
     print(
         f"\nprocessed in {elapsed:.1f}s: {int(frames)} frames sampled, "
@@ -211,8 +240,8 @@ def _demo(args) -> int:
 
 def _search(args) -> int:
     from matcher.feature_store import FeatureStore
-    from matcher.index import DetectionIndex
     from matcher.index_check import check_rows_against_files
+    from matcher.open_index import open_index
     from matcher.search import search_image
     from pgr.app.pipeline import build_extractor, milvus_token
     from reid.retrieval import RetrievalParams
@@ -221,14 +250,13 @@ def _search(args) -> int:
     if args.top < 1 or args.top > 1000:
         raise ValueError("--top must be between 1 and 1000")
     since, until = parse_time(args.since), parse_time(args.until)
-    index = DetectionIndex(
-        settings.matcher.milvus_uri, settings.matcher.collection, token=milvus_token(settings)
-    )
+    extractor = build_extractor(settings.reid)
+    index = open_index(settings.matcher, token=milvus_token(settings))
     try:
         check_rows_against_files(index, settings.matcher.thumbnails_dir, slack=settings.matcher.batch_size)
         hits = search_image(
             index,
-            build_extractor(settings.reid),
+            extractor,
             Path(args.image),
             features=FeatureStore(settings.matcher.feature_store_dir),
             params=RetrievalParams.from_settings(settings.matcher),
@@ -370,7 +398,7 @@ def _erase(args) -> int:
 
     from matcher.erasure import UnknownIdentity, erase_detections, erase_identity
     from matcher.feature_store import FeatureStore
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
     from matcher.thumbnails import ThumbnailStore
     from pgr.app.pipeline import milvus_token
     from pgr.app.web.audit import AuditLog
@@ -379,7 +407,7 @@ def _erase(args) -> int:
     m = settings.matcher
     who = args.by or getpass.getuser()
     audit = AuditLog(settings.audit_log)
-    index = DetectionIndex(m.milvus_uri, m.collection, token=milvus_token(settings))
+    index = open_index(m, token=milvus_token(settings))
     stores = (index, ThumbnailStore(m.thumbnails_dir), FeatureStore(m.feature_store_dir))
     try:
         if args.identity is not None:

@@ -1,5 +1,5 @@
 """Wiring the stages from settings: the same plain functions run embedded (threads over an in-process bus)
-or as separate services over Kafka. Only the transport and the Milvus URI differ."""
+or as separate services over Kafka. Only the transport and the index (embedded, or Milvus by URI) differ."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from ingest.service import run_ingest
 from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore
-from matcher.index import DetectionIndex
 from matcher.index_check import check_rows_against_files
+from matcher.open_index import open_index
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
@@ -148,7 +148,7 @@ def run_matcher_stage(
     its dimension, and records their model, from the configured extractor, never from the first record."""
     m = settings.matcher
     model, dim = model_signature(extractor or build_extractor(settings.reid), settings.reid)
-    index = DetectionIndex(m.milvus_uri, m.collection, dim=dim, token=milvus_token(settings))
+    index = open_index(m, dim=dim, model=model, token=milvus_token(settings))
     try:
         check_rows_against_files(index, m.thumbnails_dir, slack=m.batch_size)
     except Exception:

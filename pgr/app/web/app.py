@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from matcher.feature_store import FeatureStore
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from matcher.thumbnails import ThumbnailStore
 from pgr.app.pipeline import build_extractor, milvus_token
 from pgr.app.web.audit import AuditLog
@@ -52,7 +52,7 @@ def create_app(
     m = settings.matcher
     state = AppState(
         settings=settings,
-        index=DetectionIndex(m.milvus_uri, m.collection, token=milvus_token(settings)),
+        index=open_index(m, token=milvus_token(settings)),
         thumbnails=ThumbnailStore(m.thumbnails_dir),
         features=FeatureStore(m.feature_store_dir),
         extractor=extractor or build_extractor(settings.reid),

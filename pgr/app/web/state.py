@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from matcher.feature_store import FeatureStore
-from matcher.index import DetectionIndex
+from matcher.open_index import AnyIndex
 from matcher.retention import Retention, purge_expired
 from matcher.thumbnails import ThumbnailStore
 from pgr.app.indexing import IndexedFile, load_state
@@ -28,7 +28,7 @@ class AppState:
     re-entrant and a milvus-lite file has one client)."""
 
     settings: Settings
-    index: DetectionIndex
+    index: AnyIndex
     thumbnails: ThumbnailStore
     features: FeatureStore
     extractor: FeatureExtractor
