@@ -119,8 +119,10 @@ def open_yolo_ir(xml: Path):
 
 def _head_levels(model) -> list:
     """The outputs (n, c, h, w) that the head flattens and concatenates into (n, c, cells)."""
-    result = model.get_results()[0]
-    total = int(result.get_output_partial_shape(0)[2].get_length())
+    out = model.get_results()[0].get_output_partial_shape(0)
+    if out.rank.get_length() != 3:
+        raise ValueError("not an ultralytics YOLO detection IR: its output is not (n, 4 + classes, cells)")
+    total = int(out[2].get_length())
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Concat" or op.get_output_partial_shape(0).rank.get_length() != 3:
             continue
@@ -158,7 +160,8 @@ class OpenVinoYolo:
 
     `square` letterboxes every frame into imgsz x imgsz, as ultralytics does with a fixed-size export;
     otherwise the frame keeps its aspect (less padding, less work, the same scale). One compiled model per
-    input shape; a batch of frames of different shapes runs as one inference per shape.
+    input shape; a batch of frames of different shapes runs as one inference per shape. OpenVINO picks the
+    CPU's inference precision (bf16 where the CPU has it, as under ultralytics) unless `precision` says.
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class OpenVinoYolo:
         square: bool = False,
         threads: int = 0,
         max_det: int = 300,
+        precision: str | None = None,
     ) -> None:
         import openvino as ov
 
@@ -186,6 +190,8 @@ class OpenVinoYolo:
         self.core = ov.Core()
         # LATENCY: one request uses every core (the whole batch of cameras in one inference)
         self.config = {"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
+        if precision is not None:  # e.g. "f32" where the CPU would run bf16 (exact comparisons)
+            self.config["INFERENCE_PRECISION_HINT"] = precision
         self._compiled: dict[tuple[int, int], object] = {}
         self._lock = threading.Lock()
         self.name = xml.parent.name if xml.parent.name.endswith("_openvino_model") else xml.stem

@@ -153,6 +153,9 @@ class ReidSettings(StrictModel):
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N], mps"
     )
     batch_size: int = Field(16, ge=1, le=1024)
+    threads: int = Field(
+        0, ge=0, description="pgr-openvino: OpenVINO threads of the extractor; 0: every core (latency hint)"
+    )
 
     @model_validator(mode="after")
     def _placeholder_needs_mobilenet(self) -> ReidSettings:

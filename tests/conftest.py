@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pgr.app import local_services
+from pgr.app.local_services import free_port, wait_for_port  # noqa: F401 (tests import them from here)
 from pgr.paths import REPO
 from pgr.paths import assets_dir as _assets_dir
 
@@ -48,58 +45,15 @@ def pets_crops(pets_video: Path) -> list:
     return [frame[40:240, 100:200].copy(), frame[100:260, 250:330].copy(), frame[150:330, 400:480].copy()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
-
-
 def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
     """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens."""
-    beside = Path(sys.executable).parent / "noida-db"  # the venv's, when pytest runs without activating it
-    exe = str(beside) if beside.exists() else shutil.which("noida-db")
-    if exe is None:
-        pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
-    log = (data_dir / "broker.log").open("a")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "start",
-            "--only",
-            "kafka",
-            "--kafka-port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # noida-db's launcher runs the broker as a child: stop the whole group
-    )
-    log.close()
-    wait_for_port(port)
-    return proc
-
-
-def stop_noida(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        return local_services.start_noida(port, data_dir)
+    except FileNotFoundError:
+        pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
+
+
+stop_noida = local_services.stop_service
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--videos", nargs="+", help="detector: videos (default: the shared two)")
     bench.add_argument("--bootstrap", help="scaleout: a Kafka broker (default: start a noida-db one)")
     bench.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="scaleout: re-ID workers")
+    bench.add_argument(
+        "--reid-threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="scaleout: OpenVINO threads per worker (0: all)",
+    )
     add_operator_commands(sub)
 
     args = parser.parse_args(argv)
@@ -134,7 +141,7 @@ def _bench_live(args) -> int:
 def _bench_scaleout(args) -> int:
     from pgr.app.scaleout_benchmark import print_scaleout, run_scaleout
 
-    result = run_scaleout(args.bootstrap, args.workers, args.seconds)
+    result = run_scaleout(args.bootstrap, args.workers, args.seconds, args.reid_threads)
     print_scaleout(result)
     _write_json(result, args.out)
     return 0
