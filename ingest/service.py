@@ -91,6 +91,8 @@ def run_ingest(
             stop.set()
         detected.put(None)
         post.join()
+        for feed in feeds:  # ended, or ending now that stop is set
+            feed.thread.join(timeout=5)
     if publisher.error is None:
         producer.flush()
     results = {}
