@@ -102,7 +102,7 @@ def run_detector_sizes(
     """Recall against square 640, extra boxes and milliseconds per frame for each size and letterbox."""
     load_before = [round(v, 2) for v in os.getloadavg()]
     clips = {v.name: sample_frames(v, fps) for v in videos}
-    mixed = [f for group in zip(*clips.values()) for f in group]  # the videos' frames in turn
+    mixed = [f for group in zip(*clips.values(), strict=False) for f in group]  # videos in turn
     reference_detector = OpenVinoYolo(cfg.detector_weights, 640, cfg.conf, square=True)
     reference = {
         name: [publishable(b, cfg) for b in _detect_all(reference_detector, frames)]
