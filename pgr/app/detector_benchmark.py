@@ -1,15 +1,16 @@
 """The detector's input size against its person recall and its time (BENCHMARKS.md, "Live").
 
-    pgr bench detector [--sizes 640 480 416 320] [--fps 1] [--videos A.mp4 B.mp4] [--out FILE.json]
+    pgr bench detector [--sizes 640 480 416 320] [--fps 2] [--videos A.mp4 B.mp4] [--out FILE.json]
 
 Each video is sampled at `--fps`; every frame goes through the detector at every size, square (ultralytics'
 letterbox of the fixed-size export, what ingest ran before) and keeping the frame's aspect. There are no
 person annotations for the shared videos, so the reference is the square 640 run, the boxes that ingest
 publishes (confidence >= conf, at least min_box_width x min_box_height pixels): recall is the share of
-reference boxes that a run finds again (IoU >= 0.5, one-to-one, best scores first; also at IoU >= 0.3: found
-but placed differently); `extra` is the share of a run's publishable boxes that match no reference box. The time is the detector alone (preprocessing,
-inference, decoding, NMS), batch 1 and batch 4, on the videos' frames in turn: wall milliseconds per
-frame, and the CPU milliseconds per frame of every thread (what a frame costs, whatever else runs).
+reference boxes that a run finds again (IoU >= 0.5, one-to-one, best scores first; also at IoU >= 0.3:
+found but placed differently); `extra` is the share of a run's publishable boxes that match no reference
+box. The time is the detector alone (preprocessing, inference, decoding, NMS), batch 1 and batch 4, on the
+videos' frames in turn: wall milliseconds per frame, and the CPU milliseconds per frame of every thread
+(what a frame costs, whatever else runs).
 """
 
 from __future__ import annotations
