@@ -75,6 +75,7 @@ def run_ingest(
                 for feed, _ in batch:
                     metrics.frames_dropped.labels(feed.cam.id, "error").inc()
                 continue
+            metrics.detector_batches.inc()
             share = (time.perf_counter() - t0) / len(batch)
             for feed, _ in batch:
                 metrics.stage_latency.labels("detect").observe(share)

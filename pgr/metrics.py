@@ -25,6 +25,11 @@ class PipelineMetrics:
         self.frames_detected = Counter(
             "pgr_frames_detected", "Frames that went through the person detector", ["camera"], registry=r
         )
+        self.detector_batches = Counter(
+            "pgr_detector_batches",
+            "Detector inferences (each over frames of up to detect_batch cameras)",
+            registry=r,
+        )
         self.frames_dropped = Counter(
             "pgr_frames_dropped",
             "Frames lost: corrupt, unreadable, behind (a live camera's frame replaced by a newer one before "

@@ -136,6 +136,7 @@ def run_live(
             "imgsz": ing.imgsz,
             "input": "square" if ing.square_input else "frame aspect",
             "detect_batch": ing.detect_batch,
+            "mean_batch": round(detected / max(1, counter_total(metrics.detector_batches)), 2),
         },
         "representative_s": ing.representative_s,
         "reid_model": extractor.name,
@@ -166,7 +167,8 @@ def print_live(result: dict) -> None:
     )
     print(
         f"{len(result['cameras'])} cameras, {result['seconds_of_video']} s of video in {result['wall_s']} s; "
-        f"detector {det['imgsz']} ({det['input']}), batch {det['detect_batch']}; "
+        f"detector {det['imgsz']} ({det['input']}), batch <= {det['detect_batch']} "
+        f"(mean {det['mean_batch']}); "
         f"representatives every {result['representative_s']} s"
     )
     print(
