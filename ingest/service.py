@@ -3,7 +3,7 @@ batches (frames of several cameras in one inference); a second thread tracks eac
 and publishes their crops (every crop, or per track a representative every `ingest.representative_s`).
 
     camera threads --frames--> detector (batches) --boxes--> tracking, crops, publish
-                (a live camera's late frame is replaced by the newer one and counted "behind")
+           (a live camera holds a few frames; with more, the oldest is dropped and counted "behind")
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def run_ingest(
     others. Returns crops published per camera (-1: the camera stopped with an error)."""
     detector = detector or build_detector(cfg)
     ready = threading.Condition()
-    feeds = [CameraFeed(cam, cfg.retry, metrics, stop, ready).start() for cam in cameras]
+    feeds = [
+        CameraFeed(cam, cfg.retry, metrics, stop, ready, cfg.live_buffer_frames).start() for cam in cameras
+    ]
     publisher = CropPublisher(cfg, producer, topic, metrics)
     detected: queue.Queue[tuple[Batch, list[Boxes]] | None] = queue.Queue(maxsize=2)
     post = threading.Thread(target=publisher.run, args=(detected,), name="ingest-publish", daemon=True)
@@ -115,7 +117,7 @@ def _next_batch(
         while True:
             if stop.is_set():
                 return None
-            waiting = [f for f in feeds if f.frame is not None]
+            waiting = [f for f in feeds if f.waiting]
             if waiting:
                 start = turn % len(waiting)
                 chosen = (waiting[start:] + waiting[:start])[:size]

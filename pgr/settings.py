@@ -117,6 +117,12 @@ class IngestSettings(StrictModel):
         "keep the frame's aspect (640 x 480 for 4:3 at 640: the same scale, less work)",
     )
     detect_batch: int = Field(4, ge=1, le=64, description="frames of different cameras in one inference")
+    live_buffer_frames: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="frames a live camera holds while the detector is busy; with more, the oldest is dropped",
+    )
     detector_threads: int = Field(0, ge=0, description="OpenVINO threads of the detector; 0: every core")
     representative_s: float | None = Field(
         None,
