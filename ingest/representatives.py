@@ -2,9 +2,10 @@
 of every crop, so that feature extraction runs on a few good crops of each person.
 
 A track's first crop goes out at once (a new person is searchable without waiting); after that the track's
-best crop (by `matcher.tracklets.crop_quality`, the score the matcher keeps a tracklet's crops by) goes out
-as soon as `every_s` have passed since the last one went out, and a track missing from a frame has its best
-so far sent at once. So a detection is published at most about `every_s` plus one frame after it was seen.
+best crop since (by `matcher.tracklets.crop_quality`, the score the matcher keeps a tracklet's crops by)
+goes out with the camera's first frame `every_s` after the last one went out, whether the track is in that
+frame or not (a track that flickers out of a frame or two costs no extra crop). So a crop is published at
+most `every_s` plus one frame after it was seen.
 
 >>> picker = RepresentativePicker(every_s=1.0)
 >>> [c.item for c in picker.offer(10.0, [Candidate(1, 0.5, "a")])]  # a new track: at once
@@ -52,12 +53,10 @@ class RepresentativePicker(Generic[T]):
     def offer(self, timestamp: float, candidates: list[Candidate[T]]) -> list[Candidate[T]]:
         """The candidates to publish now, given one frame's (untracked ones, id < 0, always go out)."""
         out: list[Candidate[T]] = []
-        seen = set()
         for c in candidates:
             if c.track_id < 0:
                 out.append(c)
                 continue
-            seen.add(c.track_id)
             t = self.tracks.get(c.track_id)
             if t is None:
                 self.tracks[c.track_id] = _Track(due_at=timestamp + self.every_s, last_seen=timestamp)
@@ -66,16 +65,11 @@ class RepresentativePicker(Generic[T]):
             t.last_seen = timestamp
             if t.best is None or c.quality > t.best.quality:
                 t.best = c
-            if timestamp >= t.due_at:
+        for track_id, t in list(self.tracks.items()):
+            if t.best is not None and timestamp >= t.due_at:  # in this frame or not
                 out.append(t.best)
                 t.best, t.due_at = None, timestamp + self.every_s
-        for track_id, t in list(self.tracks.items()):
-            if track_id in seen:
-                continue
-            if t.best is not None:  # the track left this frame: its best so far goes out now
-                out.append(t.best)
-                t.best = None
-            if timestamp - t.last_seen > FORGET_AFTER_S:
+            elif t.best is None and timestamp - t.last_seen > FORGET_AFTER_S:
                 del self.tracks[track_id]
         return out
 
