@@ -44,8 +44,20 @@ class PipelineMetrics(ServedRegistry):
         super().__init__()
         r = self.registry
         self.frames_read = Counter("pgr_frames_read", "Frames decoded", ["camera"], registry=r)
+        self.frames_detected = Counter(
+            "pgr_frames_detected", "Frames that went through the person detector", ["camera"], registry=r
+        )
+        self.detector_batches = Counter(
+            "pgr_detector_batches",
+            "Detector inferences (each over frames of up to detect_batch cameras)",
+            registry=r,
+        )
         self.frames_dropped = Counter(
-            "pgr_frames_dropped", "Frames lost: corrupt or unreadable", ["camera", "reason"], registry=r
+            "pgr_frames_dropped",
+            "Frames lost: corrupt, unreadable, behind (a live camera's frame replaced by a newer one before "
+            "the detector took it), error (the detector failed)",
+            ["camera", "reason"],
+            registry=r,
         )
         self.camera_retries = Counter(
             "pgr_camera_retries", "Camera (re)open attempts that failed", ["camera"], registry=r
@@ -89,7 +101,7 @@ class PipelineMetrics(ServedRegistry):
         )
         self.stage_latency = Histogram(
             "pgr_stage_latency_seconds",
-            "Time spent per item in each stage (decode, detect, extract, index)",
+            "Time spent per item in each stage (decode, detect, track: tracking and crops, extract, index)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

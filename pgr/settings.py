@@ -108,7 +108,28 @@ class IngestSettings(StrictModel):
     detector_weights: Path
     tracker: str = "bytetrack.yaml"
     conf: float = Field(0.4, ge=0, le=1)
-    imgsz: int = Field(640, ge=32)
+    imgsz: int = Field(
+        640, ge=32, multiple_of=32, description="detector input, long side (BENCHMARKS.md: recall per size)"
+    )
+    square_input: bool = Field(
+        False,
+        description="letterbox frames into imgsz x imgsz (ultralytics' way with a fixed-size export); false: "
+        "keep the frame's aspect (640 x 480 for 4:3 at 640: the same scale, less work)",
+    )
+    detect_batch: int = Field(4, ge=1, le=64, description="frames of different cameras in one inference")
+    live_buffer_frames: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="frames a live camera holds while the detector is busy; with more, the oldest is dropped",
+    )
+    detector_threads: int = Field(0, ge=0, description="OpenVINO threads of the detector; 0: every core")
+    representative_s: float | None = Field(
+        None,
+        gt=0,
+        description="per local track, publish one crop (the best) per this many seconds of stream, and a new "
+        "track's first crop at once; null: every crop of every sampled frame",
+    )
     min_box_height: int = Field(48, ge=1)
     min_box_width: int = Field(16, ge=1)
     padding: float = Field(0.1, ge=0, le=1)
@@ -138,6 +159,9 @@ class ReidSettings(StrictModel):
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda[:N], mps"
     )
     batch_size: int = Field(16, ge=1, le=1024)
+    threads: int = Field(
+        0, ge=0, description="pgr-openvino: OpenVINO threads of the extractor; 0: every core (latency hint)"
+    )
 
     @model_validator(mode="after")
     def _placeholder_needs_mobilenet(self) -> ReidSettings:

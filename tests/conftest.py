@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida
+from pgr.app.local_stack import (  # noqa: F401 (tests import free_port, wait_for_port from here)
+    MilvusLiteServer,
+    free_port,
+    start_noida,
+    stop_noida,
+    wait_for_port,
+)
 from pgr.paths import REPO
 from pgr.paths import assets_dir as _assets_dir
 

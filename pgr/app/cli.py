@@ -59,12 +59,28 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser(
         "bench",
         help="benchmarks (BENCHMARKS.md): embedded throughput per stage (default), index (stage 1 at "
-        "scale), search (the whole search at scale)",
+        "scale), search (the whole search at scale), detector sizes, live cameras, scale-out",
     )
     bench.add_argument("what", nargs="?", default="embedded", choices=list(BENCHMARKS))
-    bench.add_argument("--config", help="pipeline config (default: embedded.yaml)")
+    bench.add_argument("--config", help="pipeline config (default: embedded.yaml; live: four_cameras.yaml)")
     bench.add_argument("--out", help="also write the figures as JSON here")
     add_index_bench_options(bench)
+    bench.add_argument("--seconds", type=float, default=60.0, help="live, scaleout: seconds of video")
+    bench.add_argument("--imgsz", type=int, help="live: detector input size (long side)")
+    bench.add_argument("--detect-batch", type=int, help="live: frames of different cameras per inference")
+    bench.add_argument("--every-crop", action="store_true", help="live: no representatives, every crop")
+    bench.add_argument("--sizes", type=int, nargs="+", default=[640, 480, 416, 320], help="detector")
+    bench.add_argument("--fps", type=float, default=2.0, help="detector: frames sampled per second")
+    bench.add_argument("--videos", nargs="+", help="detector: videos (default: the shared two)")
+    bench.add_argument("--bootstrap", help="scaleout: a Kafka broker (default: start a noida-db one)")
+    bench.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="scaleout: re-ID workers")
+    bench.add_argument(
+        "--reid-threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="scaleout: OpenVINO threads per worker (0: all)",
+    )
     add_operator_commands(sub)
 
     args = parser.parse_args(argv)
@@ -116,7 +132,51 @@ def _bench_search(args) -> int:
     return report(bench_search(args), args.out)
 
 
-BENCHMARKS = {"embedded": _bench_embedded, "index": _bench_index, "search": _bench_search}
+def _bench_detector(args) -> int:
+    from pgr.app.detector_benchmark import run_detector_sizes
+    from pgr.paths import assets_dir
+
+    settings = load_settings(args.config or str(DEFAULT_EMBEDDED))
+    videos = [Path(v) for v in args.videos] if args.videos else sorted((assets_dir() / "video").glob("*.mp4"))
+    result = run_detector_sizes(settings.ingest, videos, args.sizes, args.fps)
+    _write_json(result, args.out)
+    return 0
+
+
+def _bench_live(args) -> int:
+    from pgr.app.live_benchmark import print_live, run_live
+
+    config = args.config or str(CONFIGS / "four_cameras.yaml")
+    result = run_live(config, args.seconds, args.imgsz, args.detect_batch, args.every_crop)
+    print_live(result)
+    _write_json(result, args.out)
+    return 0
+
+
+def _bench_scaleout(args) -> int:
+    from pgr.app.scaleout_benchmark import print_scaleout, run_scaleout
+
+    result = run_scaleout(args.bootstrap, args.workers, args.seconds, args.reid_threads)
+    print_scaleout(result)
+    _write_json(result, args.out)
+    return 0
+
+
+def _write_json(result: dict, out: str | None) -> None:
+    import json
+
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2))
+
+
+BENCHMARKS = {
+    "embedded": _bench_embedded,
+    "index": _bench_index,
+    "search": _bench_search,
+    "detector": _bench_detector,
+    "live": _bench_live,
+    "scaleout": _bench_scaleout,
+}
 
 
 def parse_time(value: str | None) -> float | None:

@@ -140,7 +140,7 @@ def index_files(
 ) -> list[IndexedFile]:
     """Index each source into the configured index; returns what each file gave (skipped ones as before).
 
-    `progress(file, frames_read, frames_total)` is called about twice a second while a file runs.
+    `progress(file, frames_detected, frames_total)` is called about twice a second while a file runs.
     """
     from tqdm import tqdm
 
@@ -183,7 +183,7 @@ def index_files(
         worker.start()
         while worker.is_alive():
             worker.join(0.5)
-            read = int(counter_total(metrics.frames_read))
+            read = int(counter_total(metrics.frames_detected))
             bar.update(read - bar.n)
             bar.set_postfix(indexed=int(counter_total(metrics.records_indexed)), refresh=False)
             if progress is not None:

@@ -74,7 +74,9 @@ def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
     if cfg.model == "pgr-openvino":
         from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 
-        return OpenVinoPGRExtractor(cfg.heads, cfg.ir, pixel_dim=cfg.pixel_dim, batch_size=cfg.batch_size)
+        return OpenVinoPGRExtractor(
+            cfg.heads, cfg.ir, pixel_dim=cfg.pixel_dim, batch_size=cfg.batch_size, threads=cfg.threads
+        )
     from reid.pgr_extractor import PGRExtractor
 
     return PGRExtractor(
