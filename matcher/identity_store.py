@@ -14,6 +14,7 @@ and the operator app:
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class IdentityStore:
             "segments": dict(book.segments),
             "camera_time": book.camera_time,
             "counts": dict(book.counts),
+            "open": sorted(book.open),
+            "horizon": book.horizon if math.isfinite(book.horizon) else None,
         }
         with self.db:
             for tid in sorted(book.dirty):
@@ -101,14 +104,16 @@ class IdentityStore:
         book.dirty.clear()
 
     def load(self, book: TrackletBook, identities: IdentityBook) -> None:
-        """Restore what `save` wrote into empty books."""
+        """Restore what `save` wrote into empty books: the tracklets in memory when it was written (those
+        evicted stay on disk only)."""
         row = self.db.execute("SELECT value FROM state WHERE key = 'book'").fetchone()
         if row is None:
             return
         state = json.loads(row[0])
-        for tid, cam, ident, first, last, n, _thumb, meta_s, feat, crops in self.db.execute(
-            "SELECT * FROM tracklets"
-        ):
+        members = {k: list(v) for k, v in state["members"].items()}
+        wanted = {m for ms in members.values() for m in ms} | set(state["current"].values())
+        wanted |= set(state.get("open", []))
+        for tid, cam, ident, first, last, n, _thumb, meta_s, feat, crops in self._rows(sorted(wanted)):
             meta = json.loads(meta_s)
             feats = features_from_bytes(crops, len(meta["best"])) if crops else []
             t = Tracklet(
@@ -134,12 +139,29 @@ class IdentityStore:
             if ident is not None:
                 identities.tracklets[tid] = t
                 identities.owner[tid] = ident
-        identities.members = {k: list(v) for k, v in state["members"].items()}
+        identities.members = members
         identities.seq = state["seq"]
         book.current = dict(state["current"])
         book.segments = Counter(state["segments"])
         book.camera_time = dict(state["camera_time"])
         book.counts = Counter(state["counts"])
+        book.horizon = -math.inf if state.get("horizon") is None else state["horizon"]
+
+    def _rows(self, tracklet_ids: list[str]) -> list[tuple]:
+        rows = []
+        for i in range(0, len(tracklet_ids), 500):
+            chunk = tracklet_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(f"SELECT * FROM tracklets WHERE tracklet_id IN ({marks})", chunk)
+        return rows
+
+    def segments(self, key: str) -> int:
+        """How many segments of the track `key` the store holds (`key`, `key+2`, ...)."""
+        (n,) = self.db.execute(
+            "SELECT count(*) FROM tracklets WHERE tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?)",
+            (key, key + "+", key + ","),
+        ).fetchone()
+        return int(n)
 
     def counts(self) -> dict[str, int]:
         """The matcher's bad-input counters as last saved."""
