@@ -35,8 +35,7 @@ from matcher.open_index import AnyIndex
 from matcher.retention import erase
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import record_erasure, tombstone, track_of
-from matcher.tracklets import detection_key
-from pgr.messages import decode_identity
+from pgr.messages import decode_identity, track_key
 
 _PAGE = 4096
 
@@ -98,7 +97,7 @@ def erase_identity(
 
 
 def erase_track(index: AnyIndex, thumbnails: ThumbnailStore, features: FeatureStore, key: str) -> int:
-    """Erase the indexed detections of one local track (a `detection_key`); returns how many."""
+    """Erase the indexed detections of one local track (a `track_key`); returns how many."""
     parts = key.split(":")
     camera, track = parts[0], parts[-1]
     if not (track.startswith("t") and track[1:].isdigit()):
@@ -106,7 +105,7 @@ def erase_track(index: AnyIndex, thumbnails: ThumbnailStore, features: FeatureSt
     prefix = f"{camera}:{parts[1]}:" if len(parts) == 3 else None
     total = 0
     while page := index.of_track(camera, int(track[1:]), prefix, limit=_PAGE):
-        mine = [d for d in page if detection_key(d) == key]
+        mine = [d for d in page if track_key(d) == key]
         total += erase(index, thumbnails, features, mine)
         if len(page) < _PAGE or not mine:
             break

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from matcher.identities import IdentityBook
 from matcher.tombstones import Cutoffs, tombstone, track_of
-from matcher.tracklets import KeptCrop, TrackletBook, detection_key, features_from_bytes, features_to_bytes
-from pgr.messages import decode_identity, encode_identity
+from matcher.tracklets import KeptCrop, TrackletBook, features_from_bytes, features_to_bytes
+from pgr.messages import decode_identity, encode_identity, track_key
 
 if TYPE_CHECKING:
     from matcher.index import IndexedDetection
@@ -59,7 +59,7 @@ def forget_detections_in_store(db: sqlite3.Connection, detections: list[IndexedD
     of the events that name them (inside the caller's write transaction); returns the tracklets changed."""
     changed, thumbs = 0, set()
     for d in detections:
-        key = detection_key(d)
+        key = track_key(d)
         rows = db.execute(
             "SELECT tracklet_id, n_crops, meta, crops FROM tracklets "
             "WHERE tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -32,11 +33,10 @@ from matcher.tracklets import (
     KeptCrop,
     Tracklet,
     TrackletBook,
-    detection_key,
     features_from_bytes,
     features_to_bytes,
 )
-from pgr.messages import Detection, IdentityEvent, decode_identity, encode_identity
+from pgr.messages import Detection, IdentityEvent, decode_identity, encode_identity, track_key
 
 if TYPE_CHECKING:
     from matcher.index import IndexedDetection
@@ -79,6 +79,8 @@ class IdentityStore:
                 "segments": dict(book.segments),
                 "camera_time": book.camera_time,
                 "counts": dict(book.counts),
+                "open": sorted(book.open),
+                "horizon": book.horizon if math.isfinite(book.horizon) else None,
             }
             for tid in sorted(book.dirty):
                 t = book.tracklets[tid]
@@ -135,14 +137,16 @@ class IdentityStore:
         return [e for e in events if e.tracklet_id not in gone and e.identity_id not in emptied]
 
     def load(self, book: TrackletBook, identities: IdentityBook) -> None:
-        """Restore what `save` wrote into empty books."""
+        """Restore what `save` wrote into empty books: the tracklets in memory when it was written (those
+        evicted stay on disk only)."""
         row = self.db.execute("SELECT value FROM state WHERE key = 'book'").fetchone()
         if row is None:
             return
         state = json.loads(row[0])
-        for tid, cam, ident, first, last, n, _thumb, meta_s, feat, crops in self.db.execute(
-            "SELECT * FROM tracklets"
-        ):
+        members = {k: list(v) for k, v in state["members"].items()}
+        wanted = {m for ms in members.values() for m in ms} | set(state["current"].values())
+        wanted |= set(state.get("open", []))
+        for tid, cam, ident, first, last, n, _thumb, meta_s, feat, crops in self._rows(sorted(wanted)):
             meta = json.loads(meta_s)
             feats = features_from_bytes(crops, len(meta["best"])) if crops else []
             t = Tracklet(
@@ -168,12 +172,29 @@ class IdentityStore:
             if ident is not None:
                 identities.tracklets[tid] = t
                 identities.owner[tid] = ident
-        identities.members = {k: list(v) for k, v in state["members"].items()}
+        identities.members = members
         identities.seq = state["seq"]
         book.current = dict(state["current"])
         book.segments = Counter(state["segments"])
         book.camera_time = dict(state["camera_time"])
         book.counts = Counter(state["counts"])
+        book.horizon = -math.inf if state.get("horizon") is None else state["horizon"]
+
+    def _rows(self, tracklet_ids: list[str]) -> list[tuple]:
+        rows = []
+        for i in range(0, len(tracklet_ids), 500):
+            chunk = tracklet_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(f"SELECT * FROM tracklets WHERE tracklet_id IN ({marks})", chunk)
+        return rows
+
+    def segments(self, key: str) -> int:
+        """How many segments of the track `key` the store holds (`key`, `key+2`, ...)."""
+        (n,) = self.db.execute(
+            "SELECT count(*) FROM tracklets WHERE tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?)",
+            (key, key + "+", key + ","),
+        ).fetchone()
+        return int(n)
 
     def counts(self) -> dict[str, int]:
         """The matcher's bad-input counters as last saved."""
@@ -258,7 +279,7 @@ def list_identities(
 
 def identity_of(store: IdentityStore, detection: Detection | IndexedDetection) -> str | None:
     """The identity whose tracklet saw this detection (None: not linked yet, or identities are off)."""
-    key = detection_key(detection)
+    key = track_key(detection)
     rows = store.db.execute(  # the track's tracklet and its later segments `key+2`...: a range of the key
         "SELECT identity_id, meta FROM tracklets WHERE identity_id IS NOT NULL AND "
         "(tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?))",

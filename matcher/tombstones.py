@@ -4,7 +4,7 @@ An erased detection or person is gone from the index, the files and the identity
 still come again: Kafka redelivers what a matcher had not committed, a consumer group reset or a new group
 replays a topic from its start, and `pgr index` re-reads an interrupted file (the same file gives the same
 detection ids). So every erasure on request leaves tombstones, and the matcher drops a record whose
-detection id, or whose local track (`detection_key`: camera, ingest run, track), has one: it is neither
+detection id, or whose local track (`track_key`: camera, ingest run, track), has one: it is neither
 indexed nor given to a tracklet. A tombstoned track also stops the rest of a track still in progress: the
 person's crops still arriving from the tracker that followed them are dropped too.
 
@@ -28,8 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matcher.tracklets import detection_key
-from pgr.messages import Detection
+from pgr.messages import Detection, track_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS erasures (
@@ -155,7 +154,7 @@ class Tombstones:
         by_id = {tombstone(d.detection_id): d.detection_id for d in detections}
         by_track: dict[str, list[str]] = {}
         for d in detections:
-            by_track.setdefault(tombstone(detection_key(d)), []).append(d.detection_id)
+            by_track.setdefault(tombstone(track_key(d)), []).append(d.detection_id)
         out = {by_id[h] for h in _present(self.db, "erased_detections", list(by_id))}
         for h in _present(self.db, "erased_tracks", list(by_track)):
             out.update(by_track[h])

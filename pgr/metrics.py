@@ -76,6 +76,11 @@ class PipelineMetrics(ServedRegistry):
             "pgr_crops_published", "Crop records published", ["camera"], registry=r
         )
         self.features_extracted = Counter("pgr_features_extracted", "Feature records published", registry=r)
+        self.crops_sampled_out = Counter(
+            "pgr_crops_sampled_out",
+            "Crops of a track the re-ID stage did not extract (reid.sample_every_s)",
+            registry=r,
+        )
         self.records_indexed = Counter(
             "pgr_records_indexed", "Feature records written to the index", registry=r
         )

@@ -162,6 +162,12 @@ class ReidSettings(StrictModel):
     threads: int = Field(
         0, ge=0, description="pgr-openvino: OpenVINO threads of the extractor; 0: every core (latency hint)"
     )
+    sample_every_s: float = Field(
+        0.0,
+        ge=0,
+        description="extract a track's crops at most this often (stream seconds; 0: every crop); the others "
+        "are not indexed (reid/sampling.py; RESULTS.md IDENTITIES has the trade)",
+    )
 
     @model_validator(mode="after")
     def _placeholder_needs_mobilenet(self) -> ReidSettings:
@@ -181,7 +187,13 @@ class IdentitySettings(StrictModel):
         5.0, gt=0, description="a tracklet ends when its camera's stream runs this long past its last crop"
     )
     idle_end_s: float = Field(
-        10.0, gt=0, description="... or when no crop of it arrived for this long (wall clock)"
+        10.0, gt=0, description="... or when no crop at all arrived for this long (wall clock)"
+    )
+    camera_skew_s: float = Field(
+        2.0,
+        ge=0,
+        description="... or when any camera's stream runs end_gap_s + this past it (how far apart the "
+        "cameras' clocks may be)",
     )
     min_crops: int = Field(4, ge=1, description="a tracklet this long is matched before it ends")
     keep_best: int = Field(3, ge=1, le=64, description="crops kept per tracklet, with parts and pixels")
@@ -194,6 +206,12 @@ class IdentitySettings(StrictModel):
         le=1,
         description="join at or above this score, else found (RESULTS.md: calibrated on the DukeMTMC-reID "
         "training replay; recalibrate for other heads with python -m pgr.app.identity_eval calibrate)",
+    )
+    merge_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a tracklet that matches two identities at or above this merges them (None: threshold)",
     )
     instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
     candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")
@@ -435,6 +453,16 @@ class Settings(StrictModel):
     def indexed_files(self) -> Path:
         """What `pgr index` indexed (path, camera, start, done): to resume, and to re-read frames from."""
         return self.matcher.thumbnails_dir.parent / "indexed_files.json"
+
+    @model_validator(mode="after")
+    def _sampling_within_end_gap(self) -> Settings:
+        every, gap = self.reid.sample_every_s, self.matcher.identities.end_gap_s
+        if self.matcher.identities.enabled and every >= gap:
+            raise ValueError(
+                f"reid.sample_every_s ({every}) must be below matcher.identities.end_gap_s ({gap}): "
+                "else the matcher ends a sampled tracklet between two of its extracted crops"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> Settings:

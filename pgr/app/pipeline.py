@@ -24,6 +24,7 @@ from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
 from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
 from reid.retrieval import RetrievalParams
+from reid.sampling import TrackSampler
 from reid.service import ReidWorker
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def run_reid_stage(
     """Consume crops, publish features, until stopped (or drained once upstream is done)."""
     extractor = extractor or build_extractor(settings.reid)
     producer = transport.producer()
-    worker = ReidWorker(extractor, producer, settings.topics.features, settings.topics.dead_letter, metrics)
+    sampler = TrackSampler(settings.reid.sample_every_s) if settings.reid.sample_every_s > 0 else None
+    topics = settings.topics
+    worker = ReidWorker(extractor, producer, topics.features, topics.dead_letter, metrics, sampler)
     consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
     try:
         consume_loop(
