@@ -19,6 +19,7 @@ step is part of the result: the machine is shared.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -303,6 +304,7 @@ def run_scaleout(
     finally:
         for s in reversed(services):
             stop_service(s)
+    shutil.rmtree(work, ignore_errors=True)  # kept when a step failed: its logs are there
     return {
         "machine": _machine(),
         "shared_machine_note": "2 cores shared with other jobs; see the load averages",
@@ -311,7 +313,6 @@ def run_scaleout(
         "partitions": PARTITIONS,
         "reid": reid,
         "matcher": matchers,
-        "work_folder": str(work),
     }
 
 
