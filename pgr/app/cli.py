@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser(
         "bench",
         help="benchmarks (BENCHMARKS.md): embedded throughput per stage (default), index (stage 1 at "
-        "scale), search (the whole search at scale), detector sizes, live cameras, scale-out",
+        "scale), search (the whole search at scale), detector sizes, live cameras, crops per second with and "
+        "without representatives, scale-out",
     )
     bench.add_argument("what", nargs="?", default="embedded", choices=list(BENCHMARKS))
     bench.add_argument("--config", help="pipeline config (default: embedded.yaml; live: four_cameras.yaml)")
@@ -153,6 +154,17 @@ def _bench_live(args) -> int:
     return 0
 
 
+def _bench_crops(args) -> int:
+    import json
+
+    from pgr.app.live_benchmark import run_crop_rates
+
+    result = run_crop_rates(args.config or str(CONFIGS / "four_cameras.yaml"), args.seconds)
+    print(json.dumps(result, indent=2))
+    _write_json(result, args.out)
+    return 0
+
+
 def _bench_scaleout(args) -> int:
     from pgr.app.scaleout_benchmark import print_scaleout, run_scaleout
 
@@ -175,6 +187,7 @@ BENCHMARKS = {
     "search": _bench_search,
     "detector": _bench_detector,
     "live": _bench_live,
+    "crops": _bench_crops,
     "scaleout": _bench_scaleout,
 }
 

@@ -2,6 +2,7 @@
 
     pgr bench live [--config configs/four_cameras.yaml] [--seconds 60] [--imgsz N] [--detect-batch N]
                    [--every-crop] [--out FILE.json]
+    pgr bench crops [--config configs/four_cameras.yaml] [--seconds 60] [--out FILE.json]
 
 Runs the config's cameras (file sources played in real time, as live cameras) through the embedded pipeline
 for `--seconds` of video into a fresh index, then reports frames in (sampled from the sources) against
@@ -9,6 +10,9 @@ frames detected and frames dropped because the detector was behind, crops, featu
 the frame-to-searchable latency of every indexed row (from the frame's capture, `read_at`, to its row
 being written, `indexed_at`): median, p95, max. The load average before and after is part of the result:
 on a shared machine the figures depend on it.
+
+`crops` runs ingest alone over each distinct source of the config, not in real time, with every crop and
+with representatives: crops per second of video, which do not depend on the load.
 """
 
 from __future__ import annotations
@@ -185,3 +189,33 @@ def print_live(result: dict) -> None:
         "stage seconds (decode includes the real-time pacing): "
         + ", ".join(f"{k} {v}" for k, v in result["stage_seconds"].items())
     )
+
+
+def run_crop_rates(config: str | Path, seconds: float) -> dict:
+    """Crops per second of video for each distinct source of the config, every crop against representatives
+    (`ingest.representative_s` of the config, 1 s if it has none): ingest alone, not in real time, so
+    no frame is dropped and the figures do not depend on the machine's load."""
+    from ingest.service import run_ingest
+    from pgr.messages import decode_crop
+    from pgr.transport import InProcessBus
+
+    settings = load_settings(config)
+    every_s = settings.ingest.representative_s or 1.0
+    sources: dict[str, object] = {}
+    for c in settings.cameras:
+        sources.setdefault(c.source, c)
+    out: dict = {"seconds_of_video": seconds, "representative_s": every_s, "sources": {}}
+    for source, cam in sources.items():
+        fps = _native_fps(source)
+        cam = cam.model_copy(update={"realtime": False, "max_frames": max(1, int(seconds * fps))})
+        row = {"sample_fps": cam.fps}
+        for label, rep in (("every_crop", None), ("representatives", every_s)):
+            cfg = settings.ingest.model_copy(update={"representative_s": rep})
+            bus, metrics = InProcessBus(capacity=1_000_000), PipelineMetrics()
+            published = run_ingest([cam], cfg, bus.producer(), "crops", metrics, threading.Event())[cam.id]
+            row[f"{label}_per_s"] = round(published / seconds, 2)
+            tracks = {decode_crop(m.value).detection.track_id for m in bus.records("crops")}
+            row[f"{label}_tracks"] = len(tracks)
+        row["reduction"] = round(row["every_crop_per_s"] / max(row["representatives_per_s"], 1e-9), 2)
+        out["sources"][Path(source).name] = row
+    return out

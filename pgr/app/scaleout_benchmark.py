@@ -19,6 +19,7 @@ step is part of the result: the machine is shared.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -304,6 +305,7 @@ def run_scaleout(
             milvus.stop()
         if broker is not None:
             stop_noida(broker)
+    shutil.rmtree(work, ignore_errors=True)  # kept when a step failed: its logs are there
     return {
         "machine": _machine(),
         "shared_machine_note": "2 cores shared with other jobs; see the load averages",
@@ -312,7 +314,6 @@ def run_scaleout(
         "partitions": PARTITIONS,
         "reid": reid,
         "matcher": matchers,
-        "work_folder": str(work),
     }
 
 
