@@ -24,7 +24,7 @@ from matcher.retention import DAY, Retention, purge_expired
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones, track_of
-from matcher.tracklets import detection_key
+from pgr.messages import track_key
 from pgr.app.cli import main as pgr_main
 from pgr.app.indexing import index_files, load_state, save_state
 from pgr.app.pipeline import build_extractor, model_signature, run_ingest_stage, run_reid_stage
@@ -156,7 +156,7 @@ def test_erasing_an_identity_through_the_api_deletes_everything_about_it(indexed
     assert not any(_quoted(d) in disk for d in det_ids)
     index = open_index(m)
     assert index.get(det_ids) == []
-    assert not {detection_key(d) for d in index.get(index.all_ids())} & {track_of(t) for t in tids}
+    assert not {track_key(d) for d in index.get(index.all_ids())} & {track_of(t) for t in tids}
     index.close()
 
     entry = [e for e in AuditLog(settings.audit_log).entries() if e["action"] == "identity_erasure"][-1]
@@ -262,10 +262,10 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     store_path = settings.matcher.identity_store_path
     recs = sorted(recs, key=lambda r: (r.detection.timestamp, r.detection.detection_id))
     # the longest track, cut after the crops that get it decided: the matcher holds the person in memory
-    key, n = Counter(detection_key(r.detection) for r in recs).most_common(1)[0]
+    key, n = Counter(track_key(r.detection) for r in recs).most_common(1)[0]
     need = settings.matcher.identities.min_crops
     assert n > need, "the clip has a track longer than min_crops"
-    split = [r.detection.timestamp for r in recs if detection_key(r.detection) == key][need]
+    split = [r.detection.timestamp for r in recs if track_key(r.detection) == key][need]
     first = [r for r in recs if r.detection.timestamp < split]
     matcher = _Matcher(settings, model_dim)
     matcher.feed(first)
@@ -273,11 +273,11 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     assert ident in matcher.identities.identities.members
 
     erased = erase_identity(store_path, *matcher.stores, ident)
-    assert erased.detections == sum(1 for r in first if detection_key(r.detection) == key) > 0
+    assert erased.detections == sum(1 for r in first if track_key(r.detection) == key) > 0
     # overwritten on the disk while the matcher holds the file open: no copy in the file or its log
     disk = _disk_bytes(store_path)
     assert not any(
-        _quoted(r.detection.detection_id) in disk for r in first if detection_key(r.detection) == key
+        _quoted(r.detection.detection_id) in disk for r in first if track_key(r.detection) == key
     )
     with pytest.raises(UnknownIdentity, match="was erased"):
         erase_identity(store_path, *matcher.stores, ident)
@@ -288,9 +288,9 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     assert not any(track_of(t) == key for t in matcher.identities.tracklets.tracklets)
     matcher.feed(rest[8:] + first)  # the rest of the person's track, then a replay of the first half
     matcher.identities.finish()
-    of_key = [r for r in recs if detection_key(r.detection) == key]
+    of_key = [r for r in recs if track_key(r.detection) == key]
     assert counter_total(matcher.metrics.records_erased) == len(of_key)
-    assert not any(detection_key(d) == key for d in matcher.index.get(matcher.index.all_ids()))
+    assert not any(track_key(d) == key for d in matcher.index.get(matcher.index.all_ids()))
     kept = {r.detection.detection_id for r in recs} - {r.detection.detection_id for r in of_key}
     assert matcher.index.count() == len(kept)
     matcher.close()
@@ -304,7 +304,7 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     assert ident not in restarted.identities.identities.members
     restarted.feed(recs)
     restarted.identities.finish()
-    assert not any(detection_key(d) == key for d in restarted.index.get(restarted.index.all_ids()))
+    assert not any(track_key(d) == key for d in restarted.index.get(restarted.index.all_ids()))
     assert counter_total(restarted.metrics.records_erased) == len(of_key)
     restarted.close()
     assert not any(track_of(t) == key for t in _tracklets(store_path))

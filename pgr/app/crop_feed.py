@@ -10,8 +10,9 @@ from pathlib import Path
 
 import cv2
 
-from ingest.detector import PersonTracker
+from ingest.detector import build_detector
 from pgr.messages import CropRecord, Detection, encode_crop, run_tag
+from pgr.settings import IngestSettings
 
 SMALL_CROP = (48, 96)  # width, height: what a distant person looks like, and a small record
 
@@ -23,15 +24,15 @@ def person_crops(
     `size` (width, height)."""
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or frames
-    detector = PersonTracker(detector_weights)
+    detector = build_detector(IngestSettings(detector_weights=str(detector_weights)))
     out: list[bytes] = []
     for k in range(frames):
         cap.set(cv2.CAP_PROP_POS_FRAMES, k * total // frames)
         ok, frame = cap.read()
         if not ok:
             break
-        for person in detector.detect(frame):
-            x1, y1, x2, y2 = (int(v) for v in person.box)
+        for box in detector.detect([frame])[0].xyxy:
+            x1, y1, x2, y2 = (int(v) for v in box)
             if x2 - x1 < 8 or y2 - y1 < 16:
                 continue
             crop = cv2.resize(frame[y1:y2, x1:x2], size, interpolation=cv2.INTER_AREA)
