@@ -13,7 +13,8 @@ way into its phase and lasts `--outage` seconds:
 
   reid worker SIGKILL     a re-ID worker is killed; its successor (same member id) starts after the outage
   matcher SIGKILL         the matcher is killed; its successor starts after the outage
-  broker restart          the broker is stopped and started again on its port and data
+  broker restart          the broker's Kafka service is stopped (its data saved) and started again on
+                          its port
   camera lost             the camera disappears for the outage and returns (it streams only in this phase)
   malformed records       records that cannot be decoded go to the crops and features topics
 
@@ -49,6 +50,7 @@ from pgr.app.local_stack import (
     MilvusLiteServer,
     StageProcess,
     free_port,
+    restart_noida_kafka,
     start_noida,
     stop_noida,
     topic_messages,
@@ -220,9 +222,7 @@ class Drill:
         self.procs[name].stop(signal.SIGKILL)
 
     def restart_broker(self) -> None:
-        stop_noida(self.broker)
-        time.sleep(self.outage_s)
-        self.broker = start_noida(self.broker_port, self.broker_dir)
+        restart_noida_kafka(self.broker_dir, self.broker_port, self.outage_s)
 
     def camera_ids(self, since: float = 0.0) -> list[str]:
         """Ids of the crops the camera published (read from the crops topic), sent at `since` or later."""

@@ -72,8 +72,26 @@ def start_noida(port: int, data_dir: Path, timeout_s: float = 120.0) -> subproce
 
 
 def stop_noida(proc: subprocess.Popen) -> None:
-    """Stop a broker started by start_noida (its whole process group)."""
+    """Stop a broker started by start_noida (its whole process group). Note: a noida-db stopped by a
+    signal while producers write may lose records it had acknowledged; `restart_noida_kafka` does not."""
     _stop_group(proc)
+
+
+def restart_noida_kafka(data_dir: Path, port: int, down_s: float) -> None:
+    """Stop the Kafka service of the noida-db server over `data_dir` the way noida-db saves its data, keep it
+    down for `down_s`, start it again on its port; returns once it listens."""
+    exe = _venv_tool("noida-db")
+    if exe is None:
+        raise RuntimeError("noida-db is not installed")
+    for command in ("stop", "start"):
+        out = subprocess.run(
+            [exe, command, "kafka", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=300
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"noida-db {command} kafka failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+        if command == "stop":
+            time.sleep(down_s)
+    wait_for_port(port, timeout_s=120)
 
 
 class MilvusLiteServer:
