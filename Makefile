@@ -28,6 +28,7 @@ PYTHON = $(VENV)/bin/python
 MAPS = var/maps
 HEADS ?= reid/weights/pgr_0277_market1501.pt
 OCC_HEADS ?= reid/weights/pgr_0277_occluded_duke.pt
+DUKE_HEADS ?= reid/weights/pgr_0277_dukemtmc.pt
 CKPT ?= reid/weights/pgr_mobilenetv2_market1501.pt
 OCC_CKPT ?= reid/weights/pgr_mobilenetv2_occluded_duke.pt
 # a1, a2 as chosen on held-out training identities (configs/heads_0277_*_val.yaml, RESULTS.md "Settings");
@@ -35,6 +36,7 @@ OCC_CKPT ?= reid/weights/pgr_mobilenetv2_occluded_duke.pt
 EVAL = $(PYTHON) -m training.evaluate_model --cache var/cache
 MARKET = --a1 0.6 --a2 0.95
 OCCLUDED = --a1 0.3 --a2 0.9
+DUKE = --a1 0.3 --a2 0.95
 PAPER = --a1 0.05 --a2 0.8
 .PHONY: maps results peer speed
 maps: $(STAMP)
@@ -50,8 +52,8 @@ results: maps peer speed
 		--out var/results/0277_market1501.json
 	$(EVAL) $(OCCLUDED) --heads $(OCC_HEADS) --map-cache $(MAPS)/occluded_duke --dataset occluded_duke --trivial-queries 100 \
 		--figures var/results/0277_occluded_duke --out var/results/0277_occluded_duke.json
-	$(EVAL) $(MARKET) --heads $(HEADS) --map-cache $(MAPS)/dukemtmc --dataset dukemtmc --trivial-queries 100 \
-		--out var/results/0277_market_on_dukemtmc.json
+	$(EVAL) $(DUKE) --heads $(DUKE_HEADS) --map-cache $(MAPS)/dukemtmc --dataset dukemtmc --trivial-queries 100 \
+		--out var/results/0277_dukemtmc.json
 	$(EVAL) $(PAPER) --checkpoint $(CKPT) --figures var/results --dataset market1501 --out var/results/market1501.json
 	$(EVAL) $(PAPER) --checkpoint $(OCC_CKPT) --figures var/results/in_domain --dataset occluded_duke --trivial-queries 100 \
 		--out var/results/occluded_duke_in_domain.json

@@ -59,6 +59,9 @@ def run_ingest(
         CameraFeed(cam, cfg.retry, metrics, stop, ready, cfg.live_buffer_frames).start() for cam in cameras
     ]
     publisher = CropPublisher(cfg, producer, topic, metrics)
+    for cam in cameras:  # exported at 0: a camera's first detection is then an increase
+        metrics.detections.labels(cam.id)
+        metrics.crops_published.labels(cam.id)
     detected: queue.Queue[tuple[Batch, list[Boxes]] | None] = queue.Queue(maxsize=2)
     post = threading.Thread(target=publisher.run, args=(detected,), name="ingest-publish", daemon=True)
     post.start()

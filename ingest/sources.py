@@ -24,6 +24,7 @@ from pgr.settings import CameraSettings, RetrySettings
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_CONSECUTIVE_FAILED_READS = 25
+DROP_REASONS = ("corrupt", "unreadable")  # the `reason` of pgr_frames_dropped
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,14 @@ def _open_with_retry(
 def read_frames(
     cam: CameraSettings, retry: RetrySettings, metrics: PipelineMetrics, stop: threading.Event
 ) -> Iterator[Frame]:
-    """Yield the sampled frames of one camera until its end, `stop`, or retries run out."""
+    """Yield the sampled frames of one camera until its end, `stop`, or retries run out.
+
+    `pgr_camera_up` is 1 while the source is open and 0 while it is not (not opened yet, retrying,
+    reconnecting, given up); a source that reached its end (a file, `max_frames`) is not down, and its
+    series is removed."""
     live = is_live(cam.source)
+    start_counters(cam.id, metrics)
+    ended = False  # the source reached its end (not stopped, not failed)
     start_time = cam.start_time if cam.start_time is not None else time.time()
     index = -1  # index of the last frame taken from the source, kept across reconnects
     opened_at = time.monotonic()
@@ -188,10 +195,12 @@ def read_frames(
         try:
             while not stop.is_set():
                 if cam.max_frames is not None and index + 1 >= cam.max_frames:
+                    ended = True
                     return
                 if not src.grab():
                     at_end = src.frame_count is not None and index + 1 >= src.frame_count
                     if not live and (at_end or failures >= MAX_CONSECUTIVE_FAILED_READS):
+                        ended = True
                         return
                     failures += 1
                     if live and failures >= MAX_CONSECUTIVE_FAILED_READS:
@@ -223,10 +232,23 @@ def read_frames(
                 yield Frame(index=index, timestamp=timestamp, image=image, read_at=now)
         finally:
             src.close()
-            metrics.camera_up.labels(cam.id).set(0)
+            if ended:
+                metrics.camera_up.remove(cam.id)
+            else:
+                metrics.camera_up.labels(cam.id).set(0)
         if not live:
             return
         reconnect_delay = _next_reconnect_delay(reconnect_delay, time.monotonic() - connected_at, retry)
+
+
+def start_counters(camera_id: str, metrics: PipelineMetrics) -> None:
+    """Export a camera's counters at 0 (and the camera as down) before its first event, so that Prometheus'
+    increase() sees the first frame dropped and an alert sees a camera that never opened."""
+    for counter in (metrics.frames_read, metrics.camera_retries, metrics.camera_reconnects):
+        counter.labels(camera_id)
+    for why in DROP_REASONS:
+        metrics.frames_dropped.labels(camera_id, why)
+    metrics.camera_up.labels(camera_id).set(0)
 
 
 def _next_reconnect_delay(previous: float, lasted_s: float, retry: RetrySettings) -> float:

@@ -9,6 +9,11 @@ Matching a tracklet T against identity I (`IdentityBook.scores`):
    an identity's score is the mean over T's crops of the best score among the identity's crops.
 With `instance_only`, step 2 uses s_ins alone (the baseline that shows what parts and pixels add).
 
+Later evidence: a tracklet decided early (when long enough) is decided again at its end, and may then move
+to another identity, or merge its identity with another when it still matches its own; and a tracklet that
+matches two identities at or above `merge_threshold` (a bridge: one person seen by two cameras whose views
+did not match, and then by a third that matches both) merges them, unless they conflict.
+
 Candidates: identities with a tracklet seen within `window_s` before T began, and no conflict with T: an
 identity is never on one camera twice at once, nor on two cameras whose fields of view do not overlap
 (`overlapping` groups) at once; with a camera-transition map, the camera it was last seen on before T
@@ -39,6 +44,7 @@ class IdentityParams:
     """How tracklets become identities (matcher.identities in the config)."""
 
     threshold: float = 0.92
+    merge_threshold: float | None = None  # bridge merges at or above this (None: `threshold`)
     window_s: float = 1800.0
     candidates: int = 5
     instance_only: bool = False
@@ -57,12 +63,13 @@ class IdentityBook:
         self.owner: dict[str, str] = {}  # tracklet id -> identity id
         self.members: dict[str, list[str]] = {}  # identity id -> tracklet ids, in joining order
         self.seq = 0
+        self._sums: dict[str, tuple[tuple, np.ndarray]] = {}  # identity -> (members and sizes, feature sum)
 
     # ---- queries -------------------------------------------------------------------------------------
 
     def identity_feature(self, identity_id: str) -> np.ndarray:
-        f = np.sum([self.tracklets[t].feature for t in self.members[identity_id]], axis=0)
-        return f / max(float(np.linalg.norm(f)), 1e-12)
+        """The mean of the identity's tracklet features, L2-normalised."""
+        return self._feature_without(identity_id, "")
 
     def conflicts(self, t: Tracklet, identity_id: str) -> bool:
         """Whether T cannot be the person of `identity_id` (two places at once, or an impossible move)."""
@@ -98,7 +105,8 @@ class IdentityBook:
         """T's match score against each identity (see the module docstring)."""
         if not identities:
             return {}
-        feats = np.stack([self._feature_without(i, t.tracklet_id) for i in identities])
+        feats = np.stack([self._sum_without(i, t.tracklet_id) for i in identities])
+        feats = (feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)).astype(np.float32)
         stage0 = s_ins(torch.from_numpy(t.feature), torch.from_numpy(feats)).numpy()
         top = [identities[i] for i in np.argsort(-stage0, kind="stable")[: self.params.candidates]]
         crops, owners = [], []
@@ -129,36 +137,84 @@ class IdentityBook:
         return out
 
     def _feature_without(self, identity_id: str, tracklet_id: str) -> np.ndarray:
-        ms = [m for m in self.members[identity_id] if m != tracklet_id]
-        f = np.sum([self.tracklets[m].feature for m in ms], axis=0)
+        f = self._sum_without(identity_id, tracklet_id)
         return (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
+
+    def _sum_without(self, identity_id: str, tracklet_id: str) -> np.ndarray:
+        """The sum of the identity's tracklet features but T's (cached while its members do not change)."""
+        members = self.members[identity_id]
+        key = tuple((m, self.tracklets[m].n_crops) for m in members)  # changes when a member grows
+        cached = self._sums.get(identity_id)
+        if cached is None or cached[0] != key:
+            total = np.sum([self.tracklets[m].feature.astype(np.float64) for m in members], axis=0)
+            cached = self._sums[identity_id] = (key, total)
+        if tracklet_id in members:
+            return cached[1] - self.tracklets[tracklet_id].feature
+        return cached[1]
 
     # ---- decisions -----------------------------------------------------------------------------------
 
     def decide(self, t: Tracklet, ended: bool, now: float) -> list[IdentityEvent]:
         """Match T (long enough, or ended) and apply the outcome; returns the events, in order."""
         self.tracklets[t.tracklet_id] = t
-        current = self.owner.get(t.tracklet_id)
         scores = self.scores(t, self.candidates(t))
         best = max(scores, key=lambda i: (scores[i], i)) if scores else None
         joined = best is not None and scores[best] >= self.params.threshold
         t.decided = True
+        events = self._apply(t, scores, best if joined else None, ended, now)
+        if joined:
+            events += self._bridge(t, scores, ended, now)
+        return events
+
+    def _apply(
+        self, t: Tracklet, scores: dict[str, float], best: str | None, ended: bool, now: float
+    ) -> list[IdentityEvent]:
+        """Join `best` (None: found, or stay), move to it, or merge T's identity into it."""
+        current = self.owner.get(t.tracklet_id)
         if current is None:
-            if joined:
+            if best is not None:
                 return [self._join(t, best, "joined", scores[best], ended, now)]
             return [self._found(t, ended, now)]
-        if not joined or best == current:
+        if best is None or best == current:
             if not ended:
                 return []
             return [self._event("confirmed", current, t, scores.get(current, 0.0), ended, now)]
         # the best identity is another one
         if len(self.members[current]) == 1:  # T alone: leave its own identity for the better one
             del self.members[current]
+            self._sums.pop(current, None)
             return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
         if scores.get(current, 0.0) >= self.params.threshold and not self._identities_conflict(current, best):
             return [self._merge(t, current, best, scores[best], ended, now)]
         self.members[current].remove(t.tracklet_id)
         return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
+
+    def _bridge(self, t: Tracklet, scores: dict[str, float], ended: bool, now: float) -> list[IdentityEvent]:
+        """T, now in an identity, matches other identities too (at or above `merge_threshold`): T is the
+        evidence that they are one person, so each one without a conflict is merged with T's identity."""
+        limit = self.params.threshold if self.params.merge_threshold is None else self.params.merge_threshold
+        events = []
+        for other in sorted(scores, key=lambda i: (-scores[i], i)):
+            mine = self.owner[t.tracklet_id]
+            if scores[other] < limit or other == mine or other not in self.members:
+                continue
+            if not self._identities_conflict(other, mine):
+                events.append(self._merge(t, mine, other, scores[other], ended, now))
+        return events
+
+    def evict_before(self, horizon: float) -> list[str]:
+        """Forget identities whose tracklets all ended before `horizon` (no later tracklet can match them:
+        they are out of every future window); returns their tracklet ids."""
+        gone = []
+        for ident, members in list(self.members.items()):
+            ts = [self.tracklets[m] for m in members]
+            if all(t.ended for t in ts) and max(t.last_seen for t in ts) < horizon:
+                del self.members[ident]
+                self._sums.pop(ident, None)
+                for m in members:
+                    del self.owner[m], self.tracklets[m]
+                gone += members
+        return gone
 
     def _identities_conflict(self, a: str, b: str) -> bool:
         return any(self.conflicts(self.tracklets[m], b) for m in self.members[a])
@@ -179,6 +235,7 @@ class IdentityBook:
     def _merge(self, t: Tracklet, a: str, b: str, score: float, ended: bool, now: float) -> IdentityEvent:
         """T's identity and the other one are one person: the older (first founded) absorbs the other."""
         keep, gone = sorted((a, b), key=lambda i: (self.tracklets[self.members[i][0]].first_seen, i))
+        self._sums.pop(gone, None)
         for m in self.members.pop(gone):
             self.members[keep].append(m)
             self.owner[m] = keep

@@ -8,24 +8,27 @@ again (same seq, same ids); a crash after it finds every crop already counted.
 
 from __future__ import annotations
 
+import math
 import time
 
 from matcher.identities import IdentityBook, IdentityParams
 from matcher.identity_store import IdentityStore
-from matcher.tracklets import Tracklet, TrackletBook
-from pgr.messages import FeatureRecord, IdentityEvent, encode_identity
+from matcher.tracklets import INPUT_REASONS, Tracklet, TrackletBook
+from pgr.messages import IDENTITY_EVENTS, FeatureRecord, IdentityEvent, encode_identity
 from pgr.metrics import PipelineMetrics
 from pgr.settings import IdentitySettings
 from pgr.transport import Producer
 from reid.retrieval import RetrievalParams
 
 TICK_S = 0.25  # how often an idle matcher looks for tracklets that ended
+EVICT_STEP_S = 60.0  # stream seconds between evictions
 
 
 def identity_params(cfg: IdentitySettings, retrieval: RetrievalParams) -> IdentityParams:
     """The matching parameters of a validated `matcher.identities` config."""
     return IdentityParams(
         threshold=cfg.threshold,
+        merge_threshold=cfg.merge_threshold,
         window_s=cfg.window_s,
         candidates=cfg.candidates,
         instance_only=cfg.instance_only,
@@ -48,12 +51,23 @@ class IdentityService:
         metrics: PipelineMetrics,
     ) -> None:
         self.cfg, self.store, self.producer, self.topic, self.metrics = cfg, store, producer, topic, metrics
-        self.tracklets = TrackletBook(cfg.keep_best, cfg.end_gap_s, cfg.idle_end_s, cfg.cameras)
+        self.tracklets = TrackletBook(
+            cfg.keep_best,
+            cfg.end_gap_s,
+            cfg.idle_end_s,
+            cfg.cameras,
+            known_segments=store.segments,
+            skew_s=cfg.camera_skew_s,
+        )
         self.identities = IdentityBook(identity_params(cfg, retrieval))
         store.load(self.tracklets, self.identities)
         self.tracklets.resume(time.time())
         self._counted = dict(self.tracklets.counts)
         self._last_tick = 0.0
+        for kind in IDENTITY_EVENTS:  # exported at 0: "no identity event for a while" is then a query
+            metrics.identity_events.labels(kind)
+        for reason in INPUT_REASONS:
+            metrics.tracklet_input_refused.labels(reason)
 
     def add(self, records: list[tuple[FeatureRecord, str]]) -> list[IdentityEvent]:
         """Add indexed crops (record, thumbnail path); decide what became long enough or ended."""
@@ -90,6 +104,27 @@ class IdentityService:
             events += self.identities.decide(t, ended=True, now=time.time())
         return events
 
+    def horizon(self) -> float:
+        """Stream time before which no identity can match a tracklet still to come: the window before the
+        oldest open tracklet and before the slowest camera (cameras silent for a window left out), less
+        the end gap a crop may come late by."""
+        book = self.tracklets
+        if not book.camera_time:
+            return -math.inf
+        newest = max(book.camera_time.values())
+        live = [t for t in book.camera_time.values() if t >= newest - self.cfg.window_s]
+        oldest_open = [book.tracklets[tid].first_seen for tid in book.open]
+        return min(live + oldest_open) - self.cfg.window_s - self.cfg.end_gap_s
+
+    def _evict(self) -> None:
+        """Forget identities (and their tracklets) out of every future window: memory stays bounded by the
+        window; the store keeps them."""
+        horizon = self.horizon()
+        if horizon < self.tracklets.horizon + EVICT_STEP_S:
+            return
+        gone = self.identities.evict_before(horizon)
+        self.tracklets.evict(gone, horizon)
+
     def _publish(self, events: list[IdentityEvent]) -> None:
         for e in events:
             self.producer.send(self.topic, encode_identity(e), key=e.tracklet_id.encode())
@@ -99,6 +134,7 @@ class IdentityService:
                 self.metrics.tracklet_end_to_identity.observe(e.decided_at - t.read_at)
         self.producer.flush()
         self.store.save(self.tracklets, self.identities, events)
+        self._evict()
         for reason, n in self.tracklets.counts.items():
             if n > self._counted.get(reason, 0):
                 self.metrics.tracklet_input_refused.labels(reason).inc(n - self._counted.get(reason, 0))

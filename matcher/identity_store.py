@@ -13,17 +13,33 @@ and the operator app:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matcher.forget import forget_detections_in_memory, forget_expired_in_memory, forget_in_memory
 from matcher.identities import IdentityBook
-from matcher.tracklets import KeptCrop, Tracklet, TrackletBook, features_from_bytes, features_to_bytes
-from pgr.messages import IdentityEvent, decode_identity, encode_identity
+from matcher.tombstones import SCHEMA as TOMBSTONES_SCHEMA
+from matcher.tombstones import erased_since
+from matcher.tracklets import (
+    KeptCrop,
+    Tracklet,
+    TrackletBook,
+    features_from_bytes,
+    features_to_bytes,
+)
+from pgr.messages import Detection, IdentityEvent, decode_identity, encode_identity, track_key
+
+if TYPE_CHECKING:
+    from matcher.index import IndexedDetection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracklets (
@@ -42,24 +58,30 @@ class IdentityStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        # an erasure holds the write lock while it deletes (matcher/forget.py): wait for it rather than fail
+        self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + TOMBSTONES_SCHEMA)
+        self.erasures_seen = 0  # the last erasure request this writer's books have applied
 
     def close(self) -> None:
         self.db.close()
 
     def save(self, book: TrackletBook, identities: IdentityBook, events: list[IdentityEvent]) -> None:
         """Write the tracklets changed since the last save, the memberships, counters and `events`."""
-        state = {
-            "seq": identities.seq,
-            "members": identities.members,
-            "current": book.current,
-            "segments": dict(book.segments),
-            "camera_time": book.camera_time,
-            "counts": dict(book.counts),
-        }
         with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # the write lock first: no erasure commits until this does
+            events = self._forget_erased(book, identities, events)
+            state = {
+                "seq": identities.seq,
+                "members": identities.members,
+                "current": book.current,
+                "segments": dict(book.segments),
+                "camera_time": book.camera_time,
+                "counts": dict(book.counts),
+                "open": sorted(book.open),
+                "horizon": book.horizon if math.isfinite(book.horizon) else None,
+            }
             for tid in sorted(book.dirty):
                 t = book.tracklets[tid]
                 meta = {
@@ -100,15 +122,31 @@ class IdentityStore:
             self.db.execute("INSERT OR REPLACE INTO state VALUES ('book', ?)", (json.dumps(state),))
         book.dirty.clear()
 
+    def _forget_erased(
+        self, book: TrackletBook, identities: IdentityBook, events: list[IdentityEvent]
+    ) -> list[IdentityEvent]:
+        """Drop from the books what erasures and retention runs since the last save deleted from this file
+        (each commits its deletions and its request together: matcher/forget.py), and the events about it."""
+        pending = erased_since(self.db, self.erasures_seen)
+        self.erasures_seen = pending.last
+        gone, emptied = forget_in_memory(book, identities, pending.tracks)
+        forget_detections_in_memory(book, pending.detections)
+        for cutoffs in pending.cutoffs:
+            expired, emptied_now = forget_expired_in_memory(book, identities, cutoffs)
+            gone, emptied = gone | expired, emptied | emptied_now
+        return [e for e in events if e.tracklet_id not in gone and e.identity_id not in emptied]
+
     def load(self, book: TrackletBook, identities: IdentityBook) -> None:
-        """Restore what `save` wrote into empty books."""
+        """Restore what `save` wrote into empty books: the tracklets in memory when it was written (those
+        evicted stay on disk only)."""
         row = self.db.execute("SELECT value FROM state WHERE key = 'book'").fetchone()
         if row is None:
             return
         state = json.loads(row[0])
-        for tid, cam, ident, first, last, n, _thumb, meta_s, feat, crops in self.db.execute(
-            "SELECT * FROM tracklets"
-        ):
+        members = {k: list(v) for k, v in state["members"].items()}
+        wanted = {m for ms in members.values() for m in ms} | set(state["current"].values())
+        wanted |= set(state.get("open", []))
+        for tid, cam, ident, first, last, n, _thumb, meta_s, feat, crops in self._rows(sorted(wanted)):
             meta = json.loads(meta_s)
             feats = features_from_bytes(crops, len(meta["best"])) if crops else []
             t = Tracklet(
@@ -134,12 +172,29 @@ class IdentityStore:
             if ident is not None:
                 identities.tracklets[tid] = t
                 identities.owner[tid] = ident
-        identities.members = {k: list(v) for k, v in state["members"].items()}
+        identities.members = members
         identities.seq = state["seq"]
         book.current = dict(state["current"])
         book.segments = Counter(state["segments"])
         book.camera_time = dict(state["camera_time"])
         book.counts = Counter(state["counts"])
+        book.horizon = -math.inf if state.get("horizon") is None else state["horizon"]
+
+    def _rows(self, tracklet_ids: list[str]) -> list[tuple]:
+        rows = []
+        for i in range(0, len(tracklet_ids), 500):
+            chunk = tracklet_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(f"SELECT * FROM tracklets WHERE tracklet_id IN ({marks})", chunk)
+        return rows
+
+    def segments(self, key: str) -> int:
+        """How many segments of the track `key` the store holds (`key`, `key+2`, ...)."""
+        (n,) = self.db.execute(
+            "SELECT count(*) FROM tracklets WHERE tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?)",
+            (key, key + "+", key + ","),
+        ).fetchone()
+        return int(n)
 
     def counts(self) -> dict[str, int]:
         """The matcher's bad-input counters as last saved."""
@@ -220,3 +275,34 @@ def list_identities(
             )
         )
     return sorted(out, key=lambda s: (-s.last_seen, s.identity_id))
+
+
+def identity_of(store: IdentityStore, detection: Detection | IndexedDetection) -> str | None:
+    """The identity whose tracklet saw this detection (None: not linked yet, or identities are off)."""
+    key = track_key(detection)
+    rows = store.db.execute(  # the track's tracklet and its later segments `key+2`...: a range of the key
+        "SELECT identity_id, meta FROM tracklets WHERE identity_id IS NOT NULL AND "
+        "(tracklet_id = ? OR (tracklet_id > ? AND tracklet_id < ?))",
+        (key, key + "+", key + ","),
+    )
+    for ident, meta in rows:
+        if detection.detection_id in json.loads(meta)["seen"]:
+            return ident
+    return None
+
+
+@contextlib.contextmanager
+def overwriting(path: Path) -> Iterator[sqlite3.Connection]:
+    """The store at `path` in one write transaction that overwrites what it deletes (SQLite secure_delete),
+    for erasures and retention; after it the write-ahead log is checkpointed and truncated, so no copy of a
+    deleted page stays in the log (unless a reader still holds an older snapshot: then at the next
+    checkpoint)."""
+    store = IdentityStore(path)
+    try:
+        store.db.execute("PRAGMA secure_delete = ON")
+        with store.db:
+            store.db.execute("BEGIN IMMEDIATE")
+            yield store.db
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,19 @@ from pymilvus.exceptions import MilvusException
 from matcher.index_check import check_lite_manifests
 from pgr.errors import IndexMismatch, IndexUnavailable
 from pgr.messages import Detection
-from pgr.validation import is_camera_id
+from pgr.validation import is_camera_id, is_detection_id
 
 log = logging.getLogger(__name__)
 VECTOR_FIELD = "instance"
 UNAVAILABLE = 2  # pymilvus's code for a server it cannot reach: worth retrying, it may come back
+_ID_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # nothing to escape in a filter expression
 _OUTPUT = ["camera", "ts", "frame", "track", "box", "score", "thumbnail", "model", "read_at", "indexed_at"]
+# vector index types: (build parameters, search parameters)
+MILVUS_INDEXES = {
+    "FLAT": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 64}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 1024}),
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,16 @@ class IndexedDetection:
     s_ins: float = float("nan")
     s_part: float = float("nan")
     s_pixel: float = float("nan")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A first-stage answer without the metadata: ids best first, their cosine similarities, and the model
+    each row was indexed with."""
+
+    ids: list[str]
+    scores: np.ndarray  # (n,) float32
+    models: list[str]
 
 
 @dataclass(frozen=True)
@@ -73,8 +91,12 @@ class DetectionIndex:
         retries: int = 5,
         dim: int | None = None,
         token: str | None = None,
+        index_type: str = "FLAT",
     ) -> None:
         self.uri, self.collection, self.retries = uri, collection, retries
+        # a new collection's vector index; FLAT is exact (the others for `pgr bench index --milvus-index`)
+        self.index_type, self.index_params = index_type, MILVUS_INDEXES[index_type][0]
+        self.search_params = MILVUS_INDEXES[index_type][1]
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
             if Path(uri).is_dir():
@@ -131,7 +153,9 @@ class DetectionIndex:
         schema.add_field("read_at", DataType.DOUBLE)  # when ingest decoded the frame (wall clock)
         schema.add_field("indexed_at", DataType.DOUBLE)  # when this row was written
         params = self.client.prepare_index_params()
-        params.add_index(VECTOR_FIELD, index_type="FLAT", metric_type="COSINE")
+        params.add_index(
+            VECTOR_FIELD, index_type=self.index_type, metric_type="COSINE", params=self.index_params
+        )
         self.client.create_collection(self.collection, schema=schema, index_params=params)
         self.client.load_collection(self.collection)
         self.dim = dim
@@ -216,6 +240,28 @@ class DetectionIndex:
             for r in self.client.query(self.collection, filter='id != ""', output_fields=["id"], limit=limit)
         ]
 
+    def row_counts(self, ids: list[str], chunk: int = 500) -> dict[str, int]:
+        """How many rows hold each of these detection ids (ids with none left out; more than one would be a
+        duplicate)."""
+        if self.dim is None:
+            return {}
+        bad = [i for i in ids if not is_detection_id(i)]  # ids are quoted in the filter: nothing is injected
+        if bad:
+            raise ValueError(f"bad detection id {bad[0]!r}")
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            quoted, limit = ", ".join(f'"{i}"' for i in part), 4 * len(part)
+            rows = self._retry(
+                "query",
+                lambda q=quoted, n=limit: self.client.query(
+                    self.collection, filter=f"id in [{q}]", output_fields=["id"], limit=n
+                ),
+            )
+            for r in rows:
+                counts[r["id"]] = counts.get(r["id"], 0) + 1
+        return counts
+
     def delete(self, ids: list[str]) -> int:
         """Delete detections by id (missing ids are ignored); returns how many were there."""
         if self.dim is None or not ids:
@@ -225,16 +271,46 @@ class DetectionIndex:
             self._retry("delete", lambda: self.client.delete(self.collection, ids=present))
         return len(present)
 
-    def older_than(self, ts: float, limit: int = 16384) -> list[IndexedDetection]:
-        """Detections seen before `ts` (unix seconds), at most `limit` (call again after deleting them)."""
+    def older_than(
+        self,
+        ts: float,
+        limit: int = 16384,
+        cameras: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> list[IndexedDetection]:
+        """Detections seen before `ts` (unix seconds), of `cameras` only or of all but `exclude` when given,
+        at most `limit` (call again after deleting them)."""
         if self.dim is None:
             return []
         if not math.isfinite(ts):
             raise ValueError(f"ts must be a finite time, got {ts!r}")
+        expr = f"ts < {float(ts)!r}"
+        if cameras is not None:
+            expr += f" and {_filter(cameras, None, None)}"
+        if exclude:
+            expr += f" and not ({_filter(exclude, None, None)})"
+        return self._rows(expr, limit)
+
+    def of_track(
+        self, camera: str, track_id: int, id_prefix: str | None = None, limit: int = 4096
+    ) -> list[IndexedDetection]:
+        """Detections of one local track of a camera (ids starting with `id_prefix` when given: one ingest
+        run's), at most `limit` (call again after deleting them)."""
+        if self.dim is None:
+            return []
+        expr = f"{_filter([camera], None, None)} and track == {int(track_id)}"
+        if id_prefix is not None:
+            if not _ID_PREFIX.fullmatch(id_prefix):
+                raise ValueError(f"bad detection id prefix {id_prefix!r}")
+            expr += f' and id like "{id_prefix}%"'
+        return self._rows(expr, limit)
+
+    def _rows(self, expr: str, limit: int) -> list[IndexedDetection]:
+        """The detections a filter expression selects, at most `limit`."""
         rows = self._retry(
             "query",
             lambda: self.client.query(
-                self.collection, filter=f"ts < {float(ts)!r}", output_fields=["id", *_OUTPUT], limit=limit
+                self.collection, filter=expr, output_fields=["id", *_OUTPUT], limit=limit
             ),
         )
         return [_to_detection(r["id"], r) for r in rows]
@@ -264,8 +340,7 @@ class DetectionIndex:
             return []
         if vector.shape != (self.dim,):
             raise ValueError(f"query vector has shape {vector.shape}, the index holds ({self.dim},)")
-        cameras = [camera] if isinstance(camera, str) else camera
-        expr = _filter(cameras, since, until)
+        expr = _filter(*check_filter(camera, since, until))
         res = self._retry(
             "search",
             lambda: self.client.search(
@@ -275,9 +350,57 @@ class DetectionIndex:
                 limit=top_k,
                 filter=expr,
                 output_fields=_OUTPUT,
+                search_params={"params": self.search_params},
             ),
         )
         return [_to_detection(h["id"], h["entity"], score=float(h["distance"])) for h in res[0]]
+
+    def search_ids(
+        self,
+        vector: np.ndarray,
+        top_k: int = 10,
+        camera: str | list[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Candidates:
+        """`search` returning only ids, similarities and models (the metadata of the few results shown is
+        fetched with `get`)."""
+        if self.dim is None:
+            return Candidates([], np.empty(0, np.float32), [])
+        if vector.shape != (self.dim,):
+            raise ValueError(f"query vector has shape {vector.shape}, the index holds ({self.dim},)")
+        expr = _filter(*check_filter(camera, since, until))
+        res = self._retry(
+            "search",
+            lambda: self.client.search(
+                self.collection,
+                data=[vector.astype(np.float32).tolist()],
+                anns_field=VECTOR_FIELD,
+                limit=top_k,
+                filter=expr,
+                output_fields=["model"],
+                search_params={"params": self.search_params},
+            ),
+        )
+        hits = res[0]
+        return Candidates(
+            [h["id"] for h in hits],
+            np.array([h["distance"] for h in hits], np.float32),
+            [h["entity"]["model"] for h in hits],
+        )
+
+    def compact(self) -> None:
+        """Ask the index to rewrite its segments without deleted rows (after an erasure). A Milvus server
+        compacts; milvus-lite has no manual compaction (its size-tiered compaction drops deleted rows when it
+        next merges their segment), and a failure here never undoes the deletion: both are logged."""
+        if self.dim is None:
+            return
+        try:
+            self.client.compact(self.collection)
+        except Exception as exc:  # the rows are deleted already; compaction only reclaims their space
+            log.warning("milvus compaction after an erasure failed: %s", exc)
+        if "://" not in self.uri:
+            log.info("milvus-lite keeps deleted rows in their segment files until it compacts them")
 
     def close(self) -> None:
         """Close the client; for a milvus-lite file also stop its in-process server, which releases the
@@ -302,20 +425,32 @@ class DetectionIndex:
                 delay = min(delay * 2, 10)
 
 
-def _filter(cameras: list[str] | None, since: float | None, until: float | None) -> str:
-    """A Milvus filter expression for cameras and a time range (values checked: nothing is injected)."""
-    filters = []
+def check_filter(
+    camera: str | list[str] | None, since: float | None, until: float | None
+) -> tuple[list[str] | None, float | None, float | None]:
+    """The cameras as a list (None: all) and the time bounds, checked: a bad camera id, an empty camera list
+    or a time that is not finite raises ValueError."""
+    cameras = [camera] if isinstance(camera, str) else camera
     if cameras is not None:
         bad = [c for c in cameras if not is_camera_id(c)]
         if bad or not cameras:
             raise ValueError(f"bad camera id {bad[0]!r}" if bad else "an empty camera list matches nothing")
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite time, got {value!r}")
+    return cameras, None if since is None else float(since), None if until is None else float(until)
+
+
+def _filter(cameras: list[str] | None, since: float | None, until: float | None) -> str:
+    """A Milvus filter expression for cameras and a time range (values checked: nothing is injected)."""
+    cameras, since, until = check_filter(cameras, since, until)
+    filters = []
+    if cameras is not None:
         quoted = ", ".join(f'"{c}"' for c in cameras)  # ids are [A-Za-z0-9_.-]: nothing to escape
         filters.append(f"camera in [{quoted}]")
-    for name, op, value in (("since", ">=", since), ("until", "<=", until)):
+    for op, value in ((">=", since), ("<=", until)):
         if value is not None:
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite time, got {value!r}")
-            filters.append(f"ts {op} {float(value)!r}")
+            filters.append(f"ts {op} {value!r}")
     return " and ".join(filters)
 
 

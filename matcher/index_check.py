@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pgr.errors import IndexUnavailable
 
 if TYPE_CHECKING:
-    from matcher.index import DetectionIndex
+    from matcher.open_index import AnyIndex
 
 MANIFEST, PREVIOUS = "manifest.json", "manifest.json.prev"
 
@@ -43,7 +43,7 @@ def check_lite_manifests(db: Path) -> None:
             raise IndexUnavailable(_corrupt(collection, f"lists {len(missing)} data files that are gone"))
 
 
-def check_rows_against_files(index: DetectionIndex, thumbnails: Path, slack: int) -> None:
+def check_rows_against_files(index: AnyIndex, thumbnails: Path, slack: int) -> None:
     """Raise IndexUnavailable when the index holds fewer rows than there are thumbnails, less `slack` (the
     files of one unfinished batch)."""
     files = sum(1 for p in Path(thumbnails).rglob("*.jpg") if not p.name.startswith("."))

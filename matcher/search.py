@@ -1,20 +1,24 @@
 """Operator search: embed a person image with the pipeline's extractor, query the index, and re-rank the
 candidates progressively with part and pixel features (PGR).
 
-Milvus answers the first stage: its cosine ranking of the instance vectors is the s_ins ranking, so its
+The index answers the first stage: its cosine ranking of the instance vectors is the s_ins ranking, so its
 top N1 are exactly the candidates progressive retrieval re-ranks with s_part, then the top N2 with s_pixel.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from matcher.feature_store import FeatureStore
-from matcher.index import DetectionIndex, IndexedDetection
+from matcher.index import IndexedDetection
+from matcher.open_index import AnyIndex
 from pgr.images import read_image
 from pgr.messages import CropFeatures
 from reid.extractor import FeatureExtractor
@@ -22,7 +26,7 @@ from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retriev
 
 
 def search_image(
-    index: DetectionIndex,
+    index: AnyIndex,
     extractor: FeatureExtractor,
     image: Path | np.ndarray,
     top_k: int = 10,
@@ -43,7 +47,7 @@ def search_image(
 
 
 def search_features(
-    index: DetectionIndex,
+    index: AnyIndex,
     query: CropFeatures,
     model: str,
     top_k: int = 10,
@@ -53,42 +57,89 @@ def search_features(
     features: FeatureStore | None = None,
     params: RetrievalParams | None = None,
 ) -> list[IndexedDetection]:
-    """`search_image` for a query already embedded by `model` (an upload or a stored detection's features)."""
+    """`search_image` for a query already embedded by `model` (an upload or a stored detection's features).
+
+    Stage 1 asks the index for ids only; the candidates' instance and part features come from the feature
+    store in one read, the pixels of the stage-2 candidates only, and the metadata of the `top_k` shown.
+    """
     if features is None or query.parts is None:
         hits = index.search(query.instance, top_k=top_k, camera=camera, since=since, until=until)
         require_model(hits, model)
         return hits
     params = params or RetrievalParams()
-    hits = index.search(query.instance, top_k=max(params.n1, top_k), camera=camera, since=since, until=until)
-    require_model(hits, model)
-    stored = [features.load(h.camera_id, h.detection_id) for h in hits]
-    usable = [i for i, f in enumerate(stored) if f is not None and f.parts is not None]
-    if not usable:
-        return hits[:top_k]
-    gallery = GalleryFeatures.from_crop_features([stored[i] for i in usable])
-    if gallery.pixels.shape[-1] != query.pixels.shape[-1]:
+    found = index.search_ids(query.instance, max(params.n1, top_k), camera, since, until)
+    require_models(found.models, model)
+    stored = features.load_rows(found.ids, pixels=False)
+    if stored is None or not stored.found.any():
+        return _metadata(index, found.ids[:top_k], found.scores[:top_k].tolist())
+    usable = np.flatnonzero(stored.found)
+    if stored.parts.shape[-1] != query.parts.shape[-1]:
         raise ValueError(
-            f"stored pixel features have {gallery.pixels.shape[-1]} dims, the query has "
-            f"{query.pixels.shape[-1]}: the index was built with another model setting"
+            f"stored part features have {stored.parts.shape[-1]} dims, the query has "
+            f"{query.parts.shape[-1]}: the index was built with another model setting"
         )
+    usable_ids = [found.ids[i] for i in usable]
+    g = len(usable)
+    gallery = GalleryFeatures(
+        instances=torch.from_numpy(stored.instances),
+        parts=torch.from_numpy(stored.parts),
+        visibility=torch.from_numpy(stored.visibility),
+        pixels=torch.zeros((g, 0, query.pixels.shape[-1])),  # loaded for the stage-2 candidates only
+        pixel_coords=torch.zeros((g, 0, 2), dtype=torch.int16),
+        pixel_mask=torch.zeros((g, 0), dtype=torch.bool),
+    )
+
+    def pixels_of(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        loaded = features.load_rows([usable_ids[r] for r in rows])
+        if loaded.pixels.shape[-1] != query.pixels.shape[-1]:
+            raise ValueError(
+                f"stored pixel features have {loaded.pixels.shape[-1]} dims, the query has "
+                f"{query.pixels.shape[-1]}: the index was built with another model setting"
+            )
+        return torch.from_numpy(loaded.pixels), torch.from_numpy(loaded.pixel_mask)
+
     # the candidates come sorted by s_ins, so progressive retrieval on them (which re-ranks its own top N1
     # and keeps the rest in s_ins order) is progressive retrieval on the whole filtered gallery
-    ranked = progressive_retrieval(GalleryFeatures.from_crop_features([query]), gallery, params)
-    out = []
-    for col, row in enumerate(ranked.indices[0].tolist()):
-        out.append(
-            replace(
-                hits[usable[row]],
-                score=float(ranked.score[0, col]),
-                s_ins=float(ranked.s_ins[0, col]),
-                s_part=float(ranked.s_part[0, col]),
-                s_pixel=float(ranked.s_pixel[0, col]),
-            )
-        )
+    queries = GalleryFeatures.from_crop_features([query])
+    with one_torch_thread():
+        ranked = progressive_retrieval(queries, gallery, params, pixels_of)
+    order = [usable_ids[r] for r in ranked.indices[0].tolist()]
+    scores = {name: getattr(ranked, name)[0].tolist() for name in ("score", "s_ins", "s_part", "s_pixel")}
     # detections without stored parts (indexed by an instance-only model) follow, by instance score
-    reranked = set(usable)
-    out += [h for i, h in enumerate(hits) if i not in reranked]
-    return out[:top_k]
+    reranked = set(usable.tolist())
+    rest = [i for i in range(len(found.ids)) if i not in reranked]
+    ids = (order + [found.ids[i] for i in rest])[:top_k]
+    col = {det_id: c for c, det_id in enumerate(order[:top_k])}
+    instance_score = {found.ids[i]: float(found.scores[i]) for i in rest}
+    out = []
+    for h in index.get(ids):
+        c = col.get(h.detection_id)
+        if c is None:
+            out.append(replace(h, score=instance_score[h.detection_id]))
+        else:
+            out.append(replace(h, **{name: float(v[c]) for name, v in scores.items()}))
+    rank = {det_id: r for r, det_id in enumerate(ids)}
+    return sorted(out, key=lambda h: rank[h.detection_id])
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread inside: re-ranking one query's candidates is a handful of small tensor
+    operations, which two threads on a busy 2-core machine do several times slower than one
+    (BENCHMARKS.md, Search)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _metadata(index: AnyIndex, ids: list[str], scores: list[float]) -> list[IndexedDetection]:
+    """The detections with these ids, in this order, carrying these scores."""
+    score = dict(zip(ids, scores, strict=True))
+    by_id = {h.detection_id: h for h in index.get(ids)}
+    return [replace(by_id[i], score=score[i]) for i in ids if i in by_id]
 
 
 def fuse_rankings(
@@ -112,7 +163,12 @@ class ModelMismatch(ValueError):
 
 def require_model(hits: list[IndexedDetection], model: str) -> None:
     """Refuse to rank features of different models together: every hit must come from `model`."""
-    others = Counter(h.model for h in hits if h.model != model)
+    require_models([h.model for h in hits], model)
+
+
+def require_models(models: list[str], model: str) -> None:
+    """`require_model` for the models of a first-stage answer."""
+    others = Counter(m for m in models if m != model)
     if others:
         found = ", ".join(f"{name} ({n} rows)" for name, n in others.most_common())
         raise ModelMismatch(

@@ -1,16 +1,23 @@
-"""The matcher: consume feature records, keep thumbnails on disk and index the detections in Milvus."""
+"""The matcher: consume feature records, keep thumbnails and features on disk and index the detections."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
+import threading
 import time
+from collections.abc import Iterator
 
 from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
-from matcher.index import DetectionIndex, IndexRow
+from matcher.index import IndexRow
+from matcher.open_index import AnyIndex
 from matcher.thumbnails import ThumbnailStore
+from matcher.tombstones import Tombstones
 from pgr.consume_loop import dead_letter, reason
+from pgr.errors import IndexUnavailable, StorageUnavailable
 from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
@@ -19,6 +26,26 @@ log = logging.getLogger(__name__)
 STAGE = "matcher"
 # file-system errors caused by the record itself (its name), not by the disk
 _RECORD_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+GALLERY_COUNT_S = 10.0  # how often the matcher counts the index's rows (pgr_gallery_size)
+INDEX_RETRY_MAX_S = 30.0  # the longest wait between two tries of a batch the index did not take
+
+
+@contextlib.contextmanager
+def _disk_errors_reported(worker: MatcherWorker) -> Iterator[None]:
+    """A disk that cannot be written (full, read-only, failing) as one clear StorageUnavailable: the stores
+    have kept every earlier commit and nothing of this batch, whose records come again after a restart."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _RECORD_ERRNOS:
+            raise
+        where = exc.filename or f"{worker.thumbnails.root}, {worker.features.root} or {worker.index.uri}"
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StorageUnavailable(
+            f"the matcher cannot write {where}: {why}. Nothing of this batch was committed (its records "
+            "are delivered again) and everything indexed before is intact: free space (or fix the disk) "
+            "and start the matcher again"
+        ) from exc
 
 
 class MatcherWorker:
@@ -26,13 +53,15 @@ class MatcherWorker:
 
     Records of another model than `model` (the configured one) or of another dimension than the index's are
     dead-lettered, as is every record that fails to decode or that the index or the file system refuses; no
-    record can make `handle` raise. Only an index or a disk that cannot be written raises (nothing is then
-    committed, and the records come again).
+    record can make `handle` raise. Only a disk that cannot be written raises (nothing is then committed,
+    and the records come again). An index that does not answer is waited for, the batch tried again with
+    growing waits and each failure counted, until it is written or `stop` is set (then it raises); without
+    `stop` it raises at once.
     """
 
     def __init__(
         self,
-        index: DetectionIndex,
+        index: AnyIndex,
         thumbnails: ThumbnailStore,
         features: FeatureStore,
         producer: Producer,
@@ -40,6 +69,8 @@ class MatcherWorker:
         metrics: PipelineMetrics,
         model: str | None = None,
         identities: IdentityService | None = None,
+        tombstones: Tombstones | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if index.dim is None:
             raise ValueError("the matcher needs an index opened with the configured model's dim")
@@ -47,6 +78,13 @@ class MatcherWorker:
         self.producer, self.metrics, self.model = producer, metrics, model
         self.dead_letter_topic = dead_letter_topic
         self.identities = identities
+        self.tombstones = tombstones
+        self.stop = stop
+        metrics.dead_lettered.labels(STAGE)  # exported at 0: the first error is then an increase
+        for why in ("unavailable", "refused"):
+            metrics.index_write_errors.labels(why)
+        self._counted_at = -float("inf")
+        self._count_gallery()
 
     def handle(self, messages: list[Message]) -> None:
         """Index the batch; returns after the index write (then the caller commits)."""
@@ -58,13 +96,19 @@ class MatcherWorker:
                 self._dead(msg, exc)
                 continue
             records[rec.detection.detection_id] = (msg, rec)  # a duplicate inside one batch keeps the last
+        self._drop_erased(records)  # erased on request (matcher/tombstones.py): neither indexed nor tracked
+        with _disk_errors_reported(self):
+            self._write(records)
+
+    def _write(self, records: dict[str, tuple[Message, FeatureRecord]]) -> None:
+        """Thumbnails, features and index rows of the accepted records; dead-letters what they refuse."""
         t0 = time.perf_counter()
-        rows, thumbs = [], {}
+        rows, thumbs, crops = [], {}, []
         for msg, rec in list(records.values()):
             det = rec.detection
             try:
                 thumb = self.thumbnails.save(det.camera_id, det.detection_id, rec.jpeg)
-                self.features.save(det.camera_id, det.detection_id, rec.crop_features())
+                crops.append((det.detection_id, rec.crop_features()))
             except (OSError, UnicodeError, ValueError) as exc:
                 if isinstance(exc, OSError) and exc.errno not in _RECORD_ERRNOS:
                     raise  # a full or read-only disk: not this record's fault
@@ -73,15 +117,31 @@ class MatcherWorker:
                 continue
             rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
             thumbs[det.detection_id] = str(thumb)
-        for det_id, why in self.index.upsert(rows).items():
+        # one commit for the batch's features; a full disk raises here (nothing committed, records come again)
+        for det_id, why in self.features.save_many(crops).items():
+            msg, rec = records.pop(det_id)
+            self.thumbnails.remove(rec.detection.camera_id, det_id)
+            rows = [r for r in rows if r.detection.detection_id != det_id]
+            self._dead(msg, MalformedRecord(why))
+        refused = self._upsert(rows)
+        self.metrics.index_write_errors.labels("refused").inc(len(refused))
+        for det_id, why in refused.items():
             msg, rec = records.pop(det_id)
             self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
-            self.features.remove(rec.detection.camera_id, det_id)
             self._dead(msg, MalformedRecord(why))
+        self.features.delete([det_id for det_id in thumbs if det_id not in records])
         self.producer.flush()
         if self.identities is not None:  # after the index write, before the commit
             ordered = sorted(records.values(), key=lambda mr: (mr[1].detection.timestamp, mr[0].offset))
             self.identities.add([(rec, thumbs[rec.detection.detection_id]) for _, rec in ordered])
+        erased = self._drop_erased(records)  # erased while this batch was being written: undo its writes
+        for rec in erased:
+            self.thumbnails.remove(rec.detection.camera_id, rec.detection.detection_id)
+        self.features.delete([rec.detection.detection_id for rec in erased])
+        self.index.delete([rec.detection.detection_id for rec in erased])
+        if erased:  # erased: off the disk too, not only out of search
+            self.features.compact()
+            self.index.compact()
         if not records:
             return
         now = time.time()
@@ -90,16 +150,52 @@ class MatcherWorker:
         for _, rec in records.values():
             if rec.detection.read_at > 0:
                 self.metrics.end_to_end_latency.observe(now - rec.detection.read_at)
+        self._count_gallery()
 
     def tick(self) -> None:
         """Between polls: decide the tracklets that ended while nothing came."""
         if self.identities is not None:
             self.identities.tick()
+        self._count_gallery()
+
+    def _upsert(self, rows: list[IndexRow]) -> dict[str, str]:
+        """Write the rows; an index that does not answer is tried again (see the class)."""
+        delay = 1.0
+        while True:
+            try:
+                return self.index.upsert(rows)
+            except IndexUnavailable as exc:
+                self.metrics.index_write_errors.labels("unavailable").inc()
+                if self.stop is None:
+                    raise
+                log.warning("%s; trying the batch again in %.0fs", exc, delay)
+                if self.stop.wait(delay):
+                    raise
+                delay = min(delay * 2, INDEX_RETRY_MAX_S)
+
+    def _count_gallery(self) -> None:
+        """Export the index's row count, at most every GALLERY_COUNT_S."""
+        now = time.monotonic()
+        if now - self._counted_at < GALLERY_COUNT_S:
+            return
+        self._counted_at = now
+        try:
+            self.metrics.gallery_size.set(self.index.count())
+        except Exception as exc:  # a count is for the dashboard: it never stops the matcher
+            log.debug("counting the index failed: %s", exc)
 
     def finish(self) -> None:
         """The stream is over (embedded run drained): decide every open tracklet."""
         if self.identities is not None:
             self.identities.finish()
+
+    def _drop_erased(self, records: dict[str, tuple[Message, FeatureRecord]]) -> list[FeatureRecord]:
+        """Take the records with a tombstone out of `records` (counted); returns them."""
+        if self.tombstones is None or not records:
+            return []
+        erased = self.tombstones.erased([rec.detection for _, rec in records.values()])
+        self.metrics.records_erased.inc(len(erased))
+        return [records.pop(det_id)[1] for det_id in sorted(erased)]
 
     def _accept(self, msg: Message) -> FeatureRecord:
         rec = decode_feature(msg.value)

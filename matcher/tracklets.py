@@ -15,19 +15,24 @@ a clock that went back (`track_restart`: a camera reboot restarts its tracker; a
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from pgr.messages import CropFeatures, FeatureRecord
+from pgr.messages import CropFeatures, FeatureRecord, track_key
 
 # quality: a crop this tall (pixels) or this sharp (variance of the Laplacian) scores half its best
 HALF_QUALITY_HEIGHT = 128.0
 HALF_QUALITY_SHARPNESS = 60.0
 BORDER_CUT_PENALTY = 0.5
 BORDER_PX = 2.0
+
+# the crops TrackletBook.counts counts (pgr_tracklet_input_total{reason})
+INPUT_REASONS = ("unknown_camera", "out_of_order", "late", "track_restart", "duplicate")
 
 
 def crop_quality(box: tuple[float, float, float, float], score: float, jpeg: bytes) -> float:
@@ -82,12 +87,15 @@ class Tracklet:
     read_at: float = 0.0  # wall clock when its latest crop's frame was read (0: unknown)
     ended: bool = False
     decided: bool = False  # matched at least once
+    _feature: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def feature(self) -> np.ndarray:
         """The tracklet feature: the quality-weighted mean instance vector, L2-normalised."""
-        f = self.feature_sum.astype(np.float64)
-        return (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
+        if self._feature is None:
+            f = self.feature_sum.astype(np.float64)
+            self._feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
+        return self._feature
 
     @property
     def thumbnail(self) -> str:
@@ -103,22 +111,13 @@ class Tracklet:
             self.last_seen, self.last_frame = det.timestamp, det.frame_index
         inst = rec.instance.astype(np.float64)
         self.feature_sum = self.feature_sum + quality * inst / max(float(np.linalg.norm(inst)), 1e-12)
+        self._feature = None
         self.weight_sum += quality
         self.read_at = max(self.read_at, det.read_at)
         if rec.parts is None or rec.pixels is None:
             return  # a model without parts/pixels: the tracklet feature is all there is
         kept = KeptCrop(det.detection_id, det.timestamp, quality, thumbnail, rec.crop_features())
         self.best = sorted([*self.best, kept], key=lambda c: (-c.quality, c.detection_id))[:keep_best]
-
-
-def tracklet_key(rec: FeatureRecord) -> str:
-    """`camera:track`, or `camera:run:track` for a live source (its detection ids carry the ingest run, so
-    a restarted camera's new tracker never continues an old tracklet); untracked detections are their own."""
-    det = rec.detection
-    parts = det.detection_id.split(":")
-    run = parts[1] if len(parts) == 4 else None
-    track = f"t{det.track_id}" if det.track_id >= 0 else "d" + "-".join(parts[-2:])
-    return ":".join(p for p in (det.camera_id, run, track) if p)
 
 
 class TrackletBook:
@@ -130,8 +129,14 @@ class TrackletBook:
         end_gap_s: float = 5.0,
         idle_end_s: float = 10.0,
         cameras: list[str] | None = None,
+        known_segments: Callable[[str], int] | None = None,
+        skew_s: float = 2.0,
     ) -> None:
         self.keep_best, self.end_gap_s, self.idle_end_s = keep_best, end_gap_s, idle_end_s
+        self.skew_s = skew_s  # how far apart the cameras' clocks (and their records' order) may be
+        self.last_arrival = 0.0  # wall clock of the latest crop
+        self.known_segments = known_segments  # segments of a track key already stored (after eviction)
+        self.horizon = -math.inf  # crops older than this are refused: their tracklets were evicted
         self.cameras = None if cameras is None else set(cameras)
         self.tracklets: dict[str, Tracklet] = {}
         self.open: set[str] = set()
@@ -147,7 +152,10 @@ class TrackletBook:
         if self.cameras is not None and det.camera_id not in self.cameras:
             self.counts["unknown_camera"] += 1
             return None
-        key = tracklet_key(rec)
+        if det.timestamp < self.horizon:
+            self.counts["expired"] += 1
+            return None
+        key = track_key(det)
         t = self.tracklets.get(self.current.get(key, ""))
         for seg in self._segments_of(key):  # redelivered (also into an earlier segment of this track)
             if det.detection_id in seg.seen:
@@ -163,6 +171,8 @@ class TrackletBook:
             self.counts["late"] += 1
             return None
         if t is None:
+            if key not in self.segments and self.known_segments is not None:
+                self.segments[key] = self.known_segments(key)
             self.segments[key] += 1
             n = self.segments[key]
             tid = key if n == 1 else f"{key}+{n}"
@@ -180,24 +190,43 @@ class TrackletBook:
         elif det.timestamp < t.last_seen:
             self.counts["out_of_order"] += 1
         t.add(rec, crop_quality(det.box, det.score, rec.jpeg), thumbnail, self.keep_best)
-        t.arrived_at = now
+        t.arrived_at = self.last_arrival = now
         self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
         self.dirty.add(t.tracklet_id)
         return t
 
     def _segments_of(self, key: str) -> list[Tracklet]:
         n = self.segments.get(key, 0)
-        return [self.tracklets[key if i == 1 else f"{key}+{i}"] for i in range(n, 0, -1)]
+        ids = (key if i == 1 else f"{key}+{i}" for i in range(n, 0, -1))
+        return [self.tracklets[tid] for tid in ids if tid in self.tracklets]  # expired segments are forgotten
+
+    def evict(self, tracklet_ids: list[str], horizon: float) -> None:
+        """Forget ended tracklets (they stay in the identity store); crops older than `horizon` are refused
+        from now on, so none can reopen them."""
+        self.horizon = max(self.horizon, horizon)
+        for tid in tracklet_ids:
+            self.tracklets.pop(tid)
+            self.open.discard(tid)
+            self.dirty.discard(tid)
+            key = tid.split("+")[0]
+            if self.current.get(key) == tid:
+                del self.current[key]
+            if not self._segments_of(key):
+                self.segments.pop(key, None)
 
     def due(self, now: float | None = None) -> list[Tracklet]:
-        """Tracklets that have just ended: their camera's stream ran `end_gap_s` past them, or (with `now`,
-        when the caller has caught up with its input) nothing of them arrived for `idle_end_s` (wall
-        clock); in the order they were last seen."""
+        """Tracklets that have just ended, in the order they were last seen: their camera's stream ran
+        `end_gap_s` past them; or the newest stream time of any camera ran `end_gap_s` + `skew_s` past
+        them (records arrive in about the order their frames were read, so a camera with nothing of them
+        since then had nothing to show); or (with `now`, when the caller has caught up with its input)
+        nothing at all arrived for `idle_end_s` of wall time. Wall time alone never ends a tracklet while
+        crops still arrive: a backlog upstream delays crops, it does not end tracks."""
         out = []
+        newest = max(self.camera_time.values(), default=-math.inf)
+        quiet = now is not None and now - self.last_arrival > self.idle_end_s
         for t in (self.tracklets[tid] for tid in self.open):
-            stream = self.camera_time.get(t.camera_id, t.last_seen)
-            idle = now is not None and now - t.arrived_at > self.idle_end_s
-            if stream - t.last_seen > self.end_gap_s or idle:
+            own = self.camera_time.get(t.camera_id, t.last_seen) - t.last_seen > self.end_gap_s
+            if own or newest - t.last_seen > self.end_gap_s + self.skew_s or quiet:
                 out.append(t)
         return self._end(out)
 
@@ -207,6 +236,7 @@ class TrackletBook:
 
     def resume(self, now: float) -> None:
         """After a restart: the matcher's own downtime does not make an open tracklet idle."""
+        self.last_arrival = now
         for tid in self.open:
             self.tracklets[tid].arrived_at = now
 

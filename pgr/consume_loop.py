@@ -20,6 +20,35 @@ log = logging.getLogger(__name__)
 # broker accepts by default. A larger record keeps its first bytes; the whole is at its offset in the
 # source topic (for the topic's retention).
 DEAD_LETTER_PAYLOAD_BYTES = 256 * 1024
+LAG_INTERVAL_S = 2.0  # how often a consuming stage looks up and exports its lag
+
+
+class LagReporter:
+    """Exports a stage's consumer lag (`pgr_consumer_lag{stage,topic,partition}`) at most every
+    `interval_s`: the partitions the consumer owns now, and nothing for the ones a rebalance took away."""
+
+    def __init__(self, metrics: PipelineMetrics, stage: str, interval_s: float = LAG_INTERVAL_S) -> None:
+        self.metrics, self.stage, self.interval_s = metrics, stage, interval_s
+        self._last = -float("inf")
+        self._shown: set[tuple[str, int]] = set()
+
+    def update(self, consumer: Consumer) -> None:
+        """Look the lag up and export it, unless it was done less than `interval_s` ago."""
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        try:
+            lags = consumer.lag()
+        except Exception as exc:  # a broker that does not answer: keep the last values, never stop the stage
+            log.debug("%s: lag look-up failed: %s", self.stage, exc)
+            return
+        gauge = self.metrics.consumer_lag
+        for (topic, partition), n in lags.items():
+            gauge.labels(self.stage, topic, str(partition)).set(n)
+        for topic, partition in self._shown - lags.keys():
+            gauge.remove(self.stage, topic, str(partition))
+        self._shown = set(lags)
 
 
 def dead_letter(
@@ -59,10 +88,12 @@ def consume_loop(
     poll_timeout_s: float = 0.5,
     tick: Callable[[], None] | None = None,
     finish: Callable[[], None] | None = None,
+    lag: LagReporter | None = None,
 ) -> None:
     """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty
     (then `finish` runs). `tick`, when given, runs after a poll that came back empty: work driven by the
-    clock runs when the consumer has caught up, never because its own backlog kept it busy.
+    clock runs when the consumer has caught up, never because its own backlog kept it busy. `lag`, when
+    given, exports the consumer's lag after commits and empty polls.
 
     `handle` must finish its downstream writes before it returns: the commit that follows it is what
     makes delivery at-least-once.
@@ -80,5 +111,7 @@ def consume_loop(
                 return
             elif tick is not None:
                 tick()
+            if lag is not None:
+                lag.update(consumer)
     finally:
         consumer.close()

@@ -20,5 +20,9 @@ class IndexMismatch(Unavailable):
     """The index holds vectors of another dimension than the configured model makes."""
 
 
+class StorageUnavailable(Unavailable):
+    """A disk a service writes to is full, read-only or failing: nothing of the batch was committed."""
+
+
 class PortInUse(Unavailable):
     """A port this service must listen on is taken."""

@@ -55,6 +55,16 @@ def detection_id(
     return f"{camera_id}:{run}:{frame_index}:{who}" if run else f"{camera_id}:{frame_index}:{who}"
 
 
+def track_key(det: Detection) -> str:
+    """The local track a detection belongs to: `camera:track`, or `camera:run:track` for a live source (its
+    ids carry the ingest run, so a restarted camera's new tracker never continues an old track); an
+    untracked detection is a track of its own (`camera:d<frame>-<index>`)."""
+    parts = det.detection_id.split(":")
+    run = parts[1] if len(parts) == 4 else None
+    track = f"t{det.track_id}" if det.track_id >= 0 else "d" + "-".join(parts[-2:])
+    return ":".join(p for p in (det.camera_id, run, track) if p)
+
+
 def run_tag() -> str:
     """A tag unique to one ingest run of a live source: its start in milliseconds and 16 random bits."""
     return f"r{int(time.time() * 1000):x}{secrets.token_hex(2)}"

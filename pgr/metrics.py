@@ -16,11 +16,33 @@ def counter_total(counter: Counter) -> float:
     return sum(s.value for s in counter.collect()[0].samples if s.name.endswith("_total"))
 
 
-class PipelineMetrics:
+class ServedRegistry:
+    """A process' own registry of metrics, which it can serve over HTTP."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics; returns the bound port (port 0 picks a free one). Raises PortInUse (one line)
+        when the port is taken, Unavailable when the host cannot be bound."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            where = f"metrics port {port} on {host}"
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"{where} is in use: set metrics.port (PGR_METRICS_PORT), 0 picks one"
+                ) from None
+            raise Unavailable(f"cannot serve {where}: {exc.strerror} (metrics.host, metrics.port)") from None
+        return server.server_address[1]
+
+
+class PipelineMetrics(ServedRegistry):
     """The counters and histograms the stages update. Each service process owns one instance."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.frames_read = Counter("pgr_frames_read", "Frames decoded", ["camera"], registry=r)
         self.frames_detected = Counter(
             "pgr_frames_detected", "Frames that went through the person detector", ["camera"], registry=r
@@ -43,14 +65,41 @@ class PipelineMetrics:
         self.camera_reconnects = Counter(
             "pgr_camera_reconnects", "Live streams that dropped and were reopened", ["camera"], registry=r
         )
-        self.camera_up = Gauge("pgr_camera_up", "1 while the camera is open", ["camera"], registry=r)
+        self.camera_up = Gauge(
+            "pgr_camera_up",
+            "1 while the camera is open, 0 while it is not (absent once a file source has ended)",
+            ["camera"],
+            registry=r,
+        )
         self.detections = Counter("pgr_detections", "Persons detected", ["camera"], registry=r)
         self.crops_published = Counter(
             "pgr_crops_published", "Crop records published", ["camera"], registry=r
         )
         self.features_extracted = Counter("pgr_features_extracted", "Feature records published", registry=r)
+        self.crops_sampled_out = Counter(
+            "pgr_crops_sampled_out",
+            "Crops of a track the re-ID stage did not extract (reid.sample_every_s)",
+            registry=r,
+        )
         self.records_indexed = Counter(
             "pgr_records_indexed", "Feature records written to the index", registry=r
+        )
+        self.index_write_errors = Counter(
+            "pgr_index_write_errors",
+            "Index writes that failed: unavailable (an attempt the index did not answer; the batch is "
+            "retried) or refused (a row the index refused; the record is dead-lettered)",
+            ["reason"],
+            registry=r,
+        )
+        self.gallery_size = Gauge(
+            "pgr_gallery_size", "Detections in the index, as the matcher last counted them", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "pgr_consumer_lag",
+            "Records of a partition the stage's consumer group has not committed (end offset minus the "
+            "group's committed offset), per partition this consumer owns",
+            ["stage", "topic", "partition"],
+            registry=r,
         )
         self.dead_lettered = Counter(
             "pgr_dead_lettered", "Malformed records sent to the dead-letter topic", ["stage"], registry=r
@@ -69,6 +118,11 @@ class PipelineMetrics:
             registry=r,
         )
 
+        self.records_erased = Counter(
+            "pgr_records_erased",
+            "Feature records the matcher dropped: their detection or local track was erased on request",
+            registry=r,
+        )
         self.identity_events = Counter(
             "pgr_identity_events",
             "Identity events (created, joined, moved, merged, confirmed)",
@@ -88,16 +142,15 @@ class PipelineMetrics:
             registry=r,
         )
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics; returns the bound port (port 0 picks a free one). Raises PortInUse (one line)
-        when the port is taken, Unavailable when the host cannot be bound."""
-        try:
-            server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            where = f"metrics port {port} on {host}"
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"{where} is in use: set metrics.port (PGR_METRICS_PORT), 0 picks one"
-                ) from None
-            raise Unavailable(f"cannot serve {where}: {exc.strerror} (metrics.host, metrics.port)") from None
-        return server.server_address[1]
+
+class ServeMetrics(ServedRegistry):
+    """The search server's metrics (`pgr serve`, when `serve.metrics_port` is set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.search_latency = Histogram(
+            "pgr_search_seconds",
+            "Time to answer a search (POST /api/search): the query's features and the ranking",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )

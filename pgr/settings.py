@@ -162,6 +162,12 @@ class ReidSettings(StrictModel):
     threads: int = Field(
         0, ge=0, description="pgr-openvino: OpenVINO threads of the extractor; 0: every core (latency hint)"
     )
+    sample_every_s: float = Field(
+        0.0,
+        ge=0,
+        description="extract a track's crops at most this often (stream seconds; 0: every crop); the others "
+        "are not indexed (reid/sampling.py; RESULTS.md IDENTITIES has the trade)",
+    )
 
     @model_validator(mode="after")
     def _placeholder_needs_mobilenet(self) -> ReidSettings:
@@ -181,7 +187,13 @@ class IdentitySettings(StrictModel):
         5.0, gt=0, description="a tracklet ends when its camera's stream runs this long past its last crop"
     )
     idle_end_s: float = Field(
-        10.0, gt=0, description="... or when no crop of it arrived for this long (wall clock)"
+        10.0, gt=0, description="... or when no crop at all arrived for this long (wall clock)"
+    )
+    camera_skew_s: float = Field(
+        2.0,
+        ge=0,
+        description="... or when any camera's stream runs end_gap_s + this past it (how far apart the "
+        "cameras' clocks may be)",
     )
     min_crops: int = Field(4, ge=1, description="a tracklet this long is matched before it ends")
     keep_best: int = Field(3, ge=1, le=64, description="crops kept per tracklet, with parts and pixels")
@@ -194,6 +206,12 @@ class IdentitySettings(StrictModel):
         le=1,
         description="join at or above this score, else found (RESULTS.md: calibrated on the DukeMTMC-reID "
         "training replay; recalibrate for other heads with python -m pgr.app.identity_eval calibrate)",
+    )
+    merge_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a tracklet that matches two identities at or above this merges them (None: threshold)",
     )
     instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
     candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")
@@ -215,7 +233,14 @@ class MatcherSettings(StrictModel):
     """Index, stores and progressive retrieval (n1..part_score: the one place their defaults, the paper's, are
     written; reid.retrieval.RetrievalParams takes them from here)."""
 
-    milvus_uri: str
+    index: Literal["embedded", "milvus"] = Field(
+        "embedded",
+        description="embedded: the project's own index in index_dir (fast to a million rows and more on "
+        "one machine; any number of local processes); milvus: a Milvus server or milvus-lite file at "
+        "milvus_uri (the scale-out path). BENCHMARKS.md, Index",
+    )
+    index_dir: Path | None = Field(None, description="the embedded index (default: beside thumbnails)")
+    milvus_uri: str | None = Field(None, description="index: milvus: a .db file or http(s)://host:port")
     collection: str = Field("detections", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     thumbnails_dir: Path
     milvus_token: SecretStr | None = Field(
@@ -245,9 +270,16 @@ class MatcherSettings(StrictModel):
 
     @model_validator(mode="after")
     def _token_needs_server(self) -> MatcherSettings:
-        if self.milvus_token is not None and "://" not in self.milvus_uri:
+        if self.index == "milvus" and self.milvus_uri is None:
+            raise ValueError("index: milvus needs milvus_uri (a .db file or http(s)://host:port)")
+        if self.milvus_token is not None and "://" not in (self.milvus_uri or ""):
             raise ValueError("milvus_token needs a Milvus server URI (milvus-lite files have no users)")
         return self
+
+    @property
+    def index_path(self) -> Path:
+        """The embedded index's folder."""
+        return self.index_dir or self.thumbnails_dir.parent / "index"
 
     @property
     def feature_store_dir(self) -> Path:
@@ -257,9 +289,16 @@ class MatcherSettings(StrictModel):
     def identity_store_path(self) -> Path:
         return self.identities.store or self.thumbnails_dir.parent / "identities.sqlite"
 
+    @field_validator("milvus_uri", mode="before")
+    @classmethod
+    def _no_uri(cls, v):
+        return v or None  # an unset ${VAR:-} in the YAML
+
     @field_validator("milvus_uri")
     @classmethod
-    def _uri(cls, v: str) -> str:
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if "://" in v:
             u = urlparse(v)
             if u.scheme not in {"http", "https", "tcp"} or not u.hostname:
@@ -347,10 +386,18 @@ class ServeSettings(StrictModel):
     audit_log: Path | None = Field(
         None, description="append-only JSON lines; default: audit.jsonl beside the thumbnails folder"
     )
+    sessions_file: Path | None = Field(
+        None,
+        description="logged-in sessions (SQLite), kept over restarts; default: beside the thumbnails folder",
+    )
     retention_days: float | None = Field(
         30,
         gt=0,
         description="detections seen longer ago are deleted (row, thumbnail, features); null: keep",
+    )
+    retention_days_by_camera: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="per camera id, overriding retention_days for that camera (null: keep its detections)",
     )
     retention_check_s: float = Field(3600, gt=0, description="how often the server applies the retention")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=MAX_IMAGE_BYTES)
@@ -360,6 +407,24 @@ class ServeSettings(StrictModel):
     )
     session_hours: float = Field(8, gt=0, le=24 * 30, description="a login lasts this long")
     max_results: int = Field(1000, ge=1, le=16384, description="results one search may page through")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on metrics.host at this port; null: none"
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _unset_port(cls, v):
+        return None if v == "" else v  # an unset ${VAR:-} in the YAML
+
+    @field_validator("retention_days_by_camera")
+    @classmethod
+    def _retention_per_camera(cls, v: dict[str, float | None]) -> dict[str, float | None]:
+        for cam, days in v.items():
+            if not is_camera_id(cam):
+                raise ValueError(f"bad camera id {cam!r}: want 1-64 of A-Z a-z 0-9 _ . -")
+            if days is not None and not days > 0:
+                raise ValueError(f"retention of camera {cam}: want a number of days > 0, or null to keep")
+        return v
 
 
 class Settings(StrictModel):
@@ -381,9 +446,23 @@ class Settings(StrictModel):
         return self.serve.audit_log or self.matcher.thumbnails_dir.parent / "audit.jsonl"
 
     @property
+    def sessions_file(self) -> Path:
+        return self.serve.sessions_file or self.matcher.thumbnails_dir.parent / "sessions.sqlite"
+
+    @property
     def indexed_files(self) -> Path:
         """What `pgr index` indexed (path, camera, start, done): to resume, and to re-read frames from."""
         return self.matcher.thumbnails_dir.parent / "indexed_files.json"
+
+    @model_validator(mode="after")
+    def _sampling_within_end_gap(self) -> Settings:
+        every, gap = self.reid.sample_every_s, self.matcher.identities.end_gap_s
+        if self.matcher.identities.enabled and every >= gap:
+            raise ValueError(
+                f"reid.sample_every_s ({every}) must be below matcher.identities.end_gap_s ({gap}): "
+                "else the matcher ends a sampled tracklet between two of its extracted crops"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> Settings:
@@ -424,8 +503,10 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         ("reid", "heads"),
         ("matcher", "thumbnails_dir"),
         ("matcher", "features_dir"),
+        ("matcher", "index_dir"),
         ("serve", "users_file"),
         ("serve", "audit_log"),
+        ("serve", "sessions_file"),
     ]:
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = str(_rel(base, raw[section][key]))
@@ -436,7 +517,7 @@ def _pipeline_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         security["ca_file"] = str(_rel(base, security["ca_file"]))
     if isinstance(raw.get("matcher"), dict):
         uri = raw["matcher"].get("milvus_uri")
-        if isinstance(uri, str) and "://" not in uri:
+        if isinstance(uri, str) and uri and "://" not in uri:
             raw["matcher"]["milvus_uri"] = str(_rel(base, uri))
         ids = raw["matcher"].get("identities")
         if isinstance(ids, dict) and isinstance(ids.get("store"), str):

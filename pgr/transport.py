@@ -19,6 +19,7 @@ from pgr.errors import BrokerUnavailable
 from pgr.membership import release_instance_id, static_instance_id
 
 log = logging.getLogger(__name__)
+LAG_TIMEOUT_MS = 2000  # a lag look-up never holds a consumer longer than this per request
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Producer(Protocol):
 class Consumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
     def commit(self) -> None: ...
+    def lag(self) -> dict[tuple[str, int], int]: ...
     def close(self) -> None: ...
 
 
@@ -164,6 +166,10 @@ class _BusConsumer:
             for t, pos in self._position.items():
                 self._bus._commit(t, self._group, pos)
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Uncommitted records per (topic, partition); the bus has one partition per topic."""
+        return {(t, 0): self._bus.lag(t, self._group) for t in self._topics}
+
     def close(self) -> None:
         pass
 
@@ -238,8 +244,13 @@ class KafkaTransport:
 
 class _KafkaProducer:
     """Sends are retried by the client until `delivery_timeout_ms` (a broker outage shorter than that
-    loses nothing); `flush` raises if any record of the batch could not be delivered, so a stage never
-    commits its input after a silent loss."""
+    loses nothing). A broker that lost the producer's state (a restart) makes the client fail the batches
+    in flight while it recovers (a new producer id): those records are sent again, at most RESEND_ROUNDS
+    times (a record may then be in the topic twice; every consumer is idempotent on the record's id).
+    `flush` raises if any record could still not be delivered, so a stage never commits its input after a
+    silent loss."""
+
+    RESEND_ROUNDS = 3
 
     def __init__(self, t: KafkaTransport) -> None:
         from kafka import KafkaProducer
@@ -255,27 +266,60 @@ class _KafkaProducer:
                 bootstrap_timeout_ms=t.bootstrap_timeout_ms,
                 **t.options,
             )
-        self._pending: list = []
+        self._pending: list[_Sent] = []
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self._pending.append(self._p.send(topic, value=value, key=key))
+        self._send(topic, value, key, attempt=1)
+
+    def _send(self, topic: str, value: bytes, key: bytes | None, attempt: int) -> None:
+        self._pending.append(_Sent(self._p.send(topic, value=value, key=key), topic, value, key, attempt))
         if len(self._pending) >= 256:  # a long-running producer (a live camera) rarely flushes
-            self._check([f for f in self._pending if f.is_done])
-            self._pending = [f for f in self._pending if not f.is_done]
+            self._settle()
 
     def flush(self) -> None:
-        self._p.flush(timeout=180)
-        pending, self._pending = self._pending, []
-        self._check(pending)
+        while self._pending:
+            self._p.flush(timeout=180)
+            self._settle()
 
-    @staticmethod
-    def _check(futures: list) -> None:
-        failed = [f.exception for f in futures if f.failed()]
+    def _settle(self) -> None:
+        """Forget the records delivered; send again those the producer failed while recovering its state;
+        raise for any other failure."""
+        done = [p for p in self._pending if p.future.is_done]
+        self._pending = [p for p in self._pending if not p.future.is_done]
+        failed = [p for p in done if p.future.failed()]
+        fatal = [p for p in failed if p.attempt >= self.RESEND_ROUNDS or not _resendable(p.future.exception)]
+        if fatal:
+            raise RuntimeError(f"{len(failed)} records not delivered: {fatal[0].future.exception!r}")
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(futures)} records not delivered: {failed[0]!r}")
+            log.warning("%d records failed while the producer recovered; sending them again", len(failed))
+        for p in failed:
+            self._send(p.topic, p.value, p.key, p.attempt + 1)
 
     def close(self) -> None:
         self._p.close(timeout=10)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A record handed to the Kafka client, kept until it is delivered."""
+
+    future: object
+    topic: str
+    value: bytes
+    key: bytes | None
+    attempt: int
+
+
+def _resendable(exc: BaseException | None) -> bool:
+    """A record failed because the broker lost the producer's state, not because of the record."""
+    from kafka import errors
+
+    producer_state = (
+        errors.OutOfOrderSequenceNumberError,
+        errors.UnknownProducerIdError,
+        errors.InvalidProducerEpochError,
+    )
+    return isinstance(exc, producer_state)
 
 
 class _KafkaConsumer:
@@ -320,16 +364,40 @@ class _KafkaConsumer:
         """Commit what was polled. A commit refused because the group rebalanced (a broker restart, a
         worker joining) or a transient broker error is logged, not raised: the records are then delivered
         again to the partition's owner, and the matcher's upsert makes that harmless."""
-        from kafka.errors import CommitFailedError, KafkaError
+        from kafka import errors
 
+        # the group changed under this member (a rebalance under way, a new generation, a member id the
+        # coordinator forgot): not this batch's fault
+        membership = (
+            errors.CommitFailedError,
+            errors.RebalanceInProgressError,
+            errors.IllegalGenerationError,
+            errors.UnknownMemberIdError,
+        )
         try:
             self._c.commit()
-        except CommitFailedError as exc:
+        except membership as exc:
             log.warning("commit refused after a rebalance; the batch will be redelivered: %s", exc)
-        except KafkaError as exc:
+        except errors.KafkaError as exc:
             if not exc.retriable:
                 raise
             log.warning("commit failed (%s); the batch will be redelivered", exc)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """End offset minus the group's committed offset, per partition this consumer owns now (a partition
+        never committed counts from its first offset). Raises KafkaError when the broker does not answer
+        within LAG_TIMEOUT_MS."""
+        parts = sorted(self._c.assignment() or set())
+        if not parts:
+            return {}
+        end = self._c.end_offsets(parts, timeout_ms=LAG_TIMEOUT_MS)
+        committed = {p: self._c.committed(p, timeout_ms=LAG_TIMEOUT_MS) for p in parts}
+        never = [p for p in parts if committed[p] is None]
+        first = self._c.beginning_offsets(never, timeout_ms=LAG_TIMEOUT_MS) if never else {}
+        return {
+            (p.topic, p.partition): max(end[p] - (first[p] if committed[p] is None else committed[p]), 0)
+            for p in parts
+        }
 
     def close(self) -> None:
         self._c.close(autocommit=False)

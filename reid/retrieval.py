@@ -12,7 +12,7 @@ s = a2 (a1 s_ins + (1 - a1) s_part) + (1 - a2) s_pixel; with N1 = N2 = gallery s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -165,10 +165,21 @@ def _sort(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
+PixelLoader = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
+
+
 def progressive_retrieval(
-    query: GalleryFeatures, gallery: GalleryFeatures, params: RetrievalParams = RetrievalParams()
+    query: GalleryFeatures,
+    gallery: GalleryFeatures,
+    params: RetrievalParams = RetrievalParams(),
+    pixels: PixelLoader | None = None,
 ) -> RetrievalResult:
-    """Rank the gallery for each query by progressive-granularity retrieval (full ranking, L = G)."""
+    """Rank the gallery for each query by progressive-granularity retrieval (full ranking, L = G).
+
+    `pixels`, when given, supplies the pixel sets of the stage-2 candidates only: called with their gallery
+    rows, it returns their (pixels (K, m, d'), pixel_mask (K, m)), so a gallery read from disk need not
+    load the pixels of every candidate (the gallery's own pixel tensors are then not used).
+    """
     n1 = min(params.n1, len(gallery))
     n2 = min(params.n2, n1)
     sim_ins = s_ins(query.instances, gallery.instances)  # (Q, G)
@@ -187,13 +198,18 @@ def progressive_retrieval(
     o1 = _sort(s1)
     cand, ins1, part1, s1 = (t.gather(1, o1) for t in (cand, ins1, part1, s1))
     top = cand[:, :n2]
+    if pixels is None:
+        gallery_pixels, gallery_mask, at = gallery.pixels, gallery.pixel_mask, top
+    else:  # load the stage-2 candidates' pixels only, and index them in the order loaded
+        rows, at = torch.unique(top, return_inverse=True)
+        gallery_pixels, gallery_mask = pixels(rows.tolist())
     pix2 = s_pixel(
         query.pixels,
         query.pixel_coords,
         query.pixel_mask,
-        gallery.pixels,
-        gallery.pixel_mask,
-        index=top,
+        gallery_pixels,
+        gallery_mask,
+        index=at,
         eps=params.eps,
     )
     s2 = stage2_score(s1[:, :n2], pix2, params.a2)

@@ -13,6 +13,7 @@ from pgr.messages import CropFeatures, CropRecord, FeatureRecord, decode_crop, e
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 from reid.extractor import FeatureExtractor
+from reid.sampling import TrackSampler
 
 log = logging.getLogger(__name__)
 STAGE = "reid"
@@ -28,9 +29,12 @@ class ReidWorker:
         features_topic: str,
         dead_letter_topic: str,
         metrics: PipelineMetrics,
+        sampler: TrackSampler | None = None,
     ) -> None:
         self.extractor, self.producer, self.metrics = extractor, producer, metrics
         self.features_topic, self.dead_letter_topic = features_topic, dead_letter_topic
+        metrics.dead_lettered.labels(STAGE)  # exported at 0: the first dead letter is an increase
+        self.sampler = sampler  # which crops of a track to extract (None: all)
 
     def handle(self, messages: list[Message]) -> None:
         """Extract and publish; returns once every output is flushed (then the caller commits).
@@ -42,6 +46,9 @@ class ReidWorker:
         for msg in messages:
             try:
                 rec = decode_crop(msg.value)
+                if self.sampler is not None and not self.sampler.wants(rec.detection):
+                    self.metrics.crops_sampled_out.inc()
+                    continue
                 good.append((msg, rec, decode_image(rec.jpeg)))
             except Exception as exc:  # a record must never stop the worker
                 self._dead(msg, exc)

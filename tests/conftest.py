@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import uuid
@@ -10,8 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgr.app import local_services
-from pgr.app.local_services import free_port, wait_for_port  # noqa: F401 (tests import them from here)
+from pgr.app.local_stack import (  # noqa: F401 (tests import free_port, wait_for_port from here)
+    MilvusLiteServer,
+    free_port,
+    start_noida,
+    stop_noida,
+    wait_for_port,
+)
 from pgr.paths import REPO
 from pgr.paths import assets_dir as _assets_dir
 
@@ -45,17 +51,6 @@ def pets_crops(pets_video: Path) -> list:
     return [frame[40:240, 100:200].copy(), frame[100:260, 250:330].copy(), frame[150:330, 400:480].copy()]
 
 
-def start_noida(port: int, data_dir: Path) -> subprocess.Popen:
-    """A noida-db Kafka broker on 127.0.0.1:port, persisting to data_dir; returns once it listens."""
-    try:
-        return local_services.start_noida(port, data_dir)
-    except FileNotFoundError:
-        pytest.fail("no broker: set PGR_KAFKA_BOOTSTRAP or install the dev extras (noida-db)")
-
-
-stop_noida = local_services.stop_service
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> str:
     """A real Kafka-protocol broker: $PGR_KAFKA_BOOTSTRAP if set, else a noida-db broker started here."""
@@ -63,11 +58,24 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         yield os.environ["PGR_KAFKA_BOOTSTRAP"]
         return
     port = free_port()
-    proc = start_noida(port, tmp_path_factory.mktemp("kafka"))
+    try:
+        proc = start_noida(port, tmp_path_factory.mktemp("kafka"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield f"127.0.0.1:{port}"
     finally:
         stop_noida(proc)
+
+
+@pytest.fixture
+def milvus_server(tmp_path: Path):
+    """A milvus-lite server on loopback over this test's folder: an index several processes share by URI."""
+    server = MilvusLiteServer(tmp_path / "milvus").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -91,7 +99,7 @@ def write_config(tmp_path: Path, assets_dir: Path):
             "metrics": {"port": 0},
         }
         for key, value in overrides.items():
-            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+            cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path
@@ -150,3 +158,53 @@ def operator_config(folder: Path, **serve) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+class SmallDisk:
+    """A folder on a file system of its own that a test can fill: a 4 MiB tmpfs (mounting needs root), or,
+    where mounting is refused, a plain folder where every fsync after `fill` fails with ENOSPC once a few
+    more have passed (the disk full at the file layer)."""
+
+    def __init__(self, path: Path, mounted: bool, monkeypatch) -> None:
+        self.path, self.mounted, self._monkeypatch = path, mounted, monkeypatch
+
+    def fill(self, keep_free: int) -> None:
+        """Leave about `keep_free` bytes of room."""
+        if self.mounted:
+            st = os.statvfs(self.path)
+            with (self.path / "filler").open("wb") as f:
+                f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - keep_free))
+            return
+        real, budget = os.fsync, [max(1, keep_free // 2048)]
+
+        def fsync(fd: int) -> None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            real(fd)
+
+        self._monkeypatch.setattr(os, "fsync", fsync)
+
+    def free(self) -> None:
+        """Room again."""
+        if self.mounted:
+            (self.path / "filler").unlink()
+        else:
+            self._monkeypatch.undo()
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    path = tmp_path / "small_disk"
+    path.mkdir()
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        yield SmallDisk(path, mounted, monkeypatch)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

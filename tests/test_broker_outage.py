@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from pgr.app.local_stack import free_port, start_noida, stop_noida, topic_records
 from pgr.messages import decode_crop
 from pgr.settings import load_settings
-from tests.conftest import free_port, start_noida, stop_noida
-from tests.test_kafka_pipeline import Service, index_count, topic_records, wait_drained
+from tests.test_kafka_pipeline import Service, index_count, wait_drained
 
 pytestmark = pytest.mark.kafka
 

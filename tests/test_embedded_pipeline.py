@@ -1,34 +1,24 @@
-"""The embedded pipeline end to end on real video: detector, CNN, in-process bus and a milvus-lite file."""
+"""The embedded pipeline end to end on real video: detector, CNN, in-process bus, and each index: the
+embedded one and Milvus (a milvus-lite file, the same client as a server)."""
 
 from __future__ import annotations
 
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from matcher.index import DetectionIndex
+from matcher.open_index import AnyIndex, open_index
 from matcher.search import longest_track_query, search_image
+from pgr.app.local_stack import scrape
 from pgr.app.pipeline import build_extractor, run_embedded
 from pgr.metrics import PipelineMetrics
 from pgr.settings import load_settings
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of the /metrics page, keyed by (name, sorted labels)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
-@pytest.fixture(scope="module")
-def embedded_run(tmp_path_factory, assets_dir: Path, pets_video: Path):
-    """One embedded run over the first 30 s of PETS 2009 at 2 fps, shared by the tests below."""
+@pytest.fixture(scope="module", params=["embedded", "milvus"])
+def embedded_run(request, tmp_path_factory, assets_dir: Path, pets_video: Path):
+    """One embedded run over the first 30 s of PETS 2009 at 2 fps per index, shared by the tests below."""
     from tests.conftest import REPO  # noqa: F401  (conftest sets the ultralytics env)
 
     tmp = tmp_path_factory.mktemp("embedded")
@@ -43,7 +33,11 @@ def embedded_run(tmp_path_factory, assets_dir: Path, pets_video: Path):
             "weights": str(assets_dir / "weights" / "mobilenetv2_imagenet_features.pt"),
             "device": "cpu",
         },
-        "matcher": {"milvus_uri": str(tmp / "index.db"), "thumbnails_dir": str(tmp / "thumbs")},
+        "matcher": {
+            "index": request.param,
+            "milvus_uri": str(tmp / "index.db"),
+            "thumbnails_dir": str(tmp / "thumbs"),
+        },
         "metrics": {"port": 0},
     }
     (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -53,7 +47,7 @@ def embedded_run(tmp_path_factory, assets_dir: Path, pets_video: Path):
     extractor = build_extractor(settings.reid)
     run = run_embedded(settings, metrics, stop=threading.Event(), extractor=extractor)
     assert run.errors == []
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     yield settings, run, index, extractor, port
     index.close()
 
@@ -72,7 +66,7 @@ def test_persons_are_detected_tracked_and_indexed(embedded_run):
     assert run.bus.records(settings.topics.dead_letter) == []
 
 
-def own_track_query(index: DetectionIndex):
+def own_track_query(index: AnyIndex):
     """The longest track's id, its length and the crop in its middle (single-camera runs)."""
     picked = longest_track_query(index.get(index.all_ids()))
     assert picked is not None, "nothing was tracked"

@@ -348,3 +348,284 @@ def test_identity_settings_defaults_and_store_path(write_config, tmp_path):
     assert settings.matcher.identity_store_path == tmp_path / "ids" / "state.sqlite"
     assert settings.topics.identities == "pgr.identities"
     assert IdentitySettings().enabled
+
+
+def _person(records: list[FeatureRecord]) -> list[FeatureRecord]:
+    """The crops of the longest local track (one person), in time order."""
+    tracks: dict[int, list[FeatureRecord]] = {}
+    for r in records:
+        if r.detection.track_id >= 0:
+            tracks.setdefault(r.detection.track_id, []).append(r)
+    longest = max(tracks.values(), key=len)
+    return sorted(longest, key=lambda r: r.detection.timestamp)
+
+
+def _on_camera(
+    records: list[FeatureRecord], camera: str, start: float, track: int = 1
+) -> list[FeatureRecord]:
+    """The same real crops as a tracklet of another camera from `start` (stream time), one every 2 s."""
+    t0 = records[0].detection.timestamp + start
+    return [
+        dataclasses.replace(
+            r,
+            detection=dataclasses.replace(
+                r.detection,
+                detection_id=f"{camera}:{i}:t{track}",
+                camera_id=camera,
+                track_id=track,
+                frame_index=i,
+                timestamp=t0 + 2.0 * i,
+            ),
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+def _bus_service(settings, store: IdentityStore, bus: InProcessBus, **changes) -> IdentityService:
+    cfg = settings.matcher.identities.model_copy(update=changes)
+    retrieval = RetrievalParams.from_settings(settings.matcher)
+    return IdentityService(cfg, retrieval, store, bus.producer(), "ids", PipelineMetrics())
+
+
+def _probe(settings, tmp_path: Path, x, y, z, early: int = 0) -> tuple[float, dict[str, float]]:
+    """Real scores: X and Y each found an identity (id:c1:t1, id:c2:t1); Y's score against X's, and Z's
+    (its first `early` crops only, when given) against both."""
+    store = IdentityStore(tmp_path / f"probe{early}.sqlite")
+    probe = _bus_service(settings, store, InProcessBus(10**6), threshold=1.0)
+    for rs in (x, y):
+        _feed(probe, rs)
+        probe.finish()
+    ids = probe.identities
+    y_to_a = ids.scores(ids.tracklets["c2:t1"], ["id:c1:t1"])["id:c1:t1"]
+    book = TrackletBook(keep_best=settings.matcher.identities.keep_best, end_gap_s=7.0)
+    tz = [book.add(r, "", 0.0) for r in (z[:early] if early else z)][-1]
+    probe.store.close()
+    return y_to_a, ids.scores(tz, ["id:c1:t1", "id:c2:t1"])
+
+
+def test_a_bridging_tracklet_merges_two_identities(pets, tmp_path):
+    """One person on three cameras: the first two views do not match each other well enough, so each founds
+    an identity; the third view, arriving later, matches both and merges them (one event, in the store,
+    on the bus, and after a restart)."""
+    settings, records, _, _ = pets
+    person = _person(records)
+    assert len(person) >= 20, len(person)
+    x = _on_camera(person[:8], "c1", 0.0)
+    y = _on_camera(person[20:], "c2", 100.0)
+    z = _on_camera(person[8:20], "c3", 200.0)
+    # the real scores place the threshold: Y against X's identity below it, Z against both above it
+    y_to_a, z_to = _probe(settings, tmp_path, x, y, z)
+    low, high = y_to_a, min(z_to.values())
+    assert high - low > 0.01, f"the views do not bridge with this model: Y-X {low:.3f}, Z {z_to}"
+    threshold = (low + high) / 2
+
+    def run(path: Path, stream: list[FeatureRecord], **changes) -> tuple[IdentityStore, list[IdentityEvent]]:
+        store, bus = IdentityStore(path), InProcessBus(10**6)
+        service = _bus_service(settings, store, bus, threshold=threshold, min_crops=100, **changes)
+        _feed(service, stream)
+        service.finish()
+        return store, [decode_identity(m.value) for m in bus.records("ids")]
+
+    store, events = run(tmp_path / "ids.sqlite", x + y + z)
+    assert [(e.kind, e.tracklet_id) for e in events] == [
+        ("created", "c1:t1"),
+        ("created", "c2:t1"),
+        ("joined", "c3:t1"),
+        ("merged", "c3:t1"),
+    ]
+    merged = events[-1]
+    assert (merged.identity_id, merged.previous_id) == ("id:c1:t1", "id:c2:t1")  # the older one stays
+    assert merged.score == pytest.approx(z_to["id:c2:t1"]) and merged.ended
+    assert store.events() == events
+    assert _partition(store) == {frozenset({"c1:t1", "c2:t1", "c3:t1"})}
+    line = timeline(store, "id:c1:t1")
+    assert [e.camera_id for e in line] == ["c1", "c2", "c3"]
+    assert timeline(store, "id:c2:t1") == [] and len(list_identities(store)) == 1
+    store.close()
+    restarted = _bus_service(settings, IdentityStore(tmp_path / "ids.sqlite"), InProcessBus(10**6))
+    assert {k: set(v) for k, v in restarted.identities.members.items()} == {
+        "id:c1:t1": {"c1:t1", "c2:t1", "c3:t1"}
+    }
+    restarted.store.close()
+
+    # without the bridge, or with bridge merges turned off, the two identities stay apart
+    apart, events = run(tmp_path / "apart.sqlite", x + y)
+    assert len(_partition(apart)) == 2 and "merged" not in {e.kind for e in events}
+    off, events = run(tmp_path / "off.sqlite", x + y + z, merge_threshold=1.0)
+    joined = max(z_to, key=z_to.get).removeprefix("id:")
+    assert _partition(off) == {frozenset({joined, "c3:t1"}), frozenset({"c1:t1", "c2:t1"} - {joined})}
+    assert [e.kind for e in events] == ["created", "created", "joined"]
+
+
+def test_a_tracklet_that_turns_out_to_be_someone_else_moves(pets, tmp_path):
+    """A tracker switch: a tracklet begins on one person (decided early: joins their identity) and goes on
+    with another; decided again at its end, it moves to the other's identity (a `moved` event)."""
+    settings, records, _, _ = pets
+    tracks: dict[int, list[FeatureRecord]] = {}
+    for r in sorted(records, key=lambda r: r.detection.timestamp):
+        tracks.setdefault(r.detection.track_id, []).append(r)
+    p, *others = sorted((v for k, v in tracks.items() if k >= 0), key=len, reverse=True)
+    assert len(p) >= 14, len(p)
+    a, b = "id:c1:t1", "id:c2:t1"
+    tried = []
+    for q in (q for q in others if len(q) >= 8):  # the first other person whose views separate
+        x = _on_camera(p[:10], "c1", 0.0)
+        y = _on_camera(q[:4], "c2", 100.0)
+        z = _on_camera(p[10:14] + q[4:], "c3", 200.0)  # the first 4 crops are p, the rest q
+        y_to_a, early = _probe(settings, tmp_path / f"q{len(tried)}", x, y, z, early=4)
+        _, late = _probe(settings, tmp_path / f"q{len(tried)}", x, y, z)
+        low, high = max(y_to_a, early[b], late[a]), min(early[a], late[b])
+        tried.append((round(low, 3), round(high, 3)))
+        if high - low > 0.01:
+            break
+    else:
+        pytest.fail(f"no other person's views separate from the first's (low, high): {tried}")
+    store, bus = IdentityStore(tmp_path / "ids.sqlite"), InProcessBus(10**6)
+    service = _bus_service(settings, store, bus, threshold=(low + high) / 2, min_crops=4)
+    for stream in (x + y, z):
+        _feed(service, stream)
+        service.finish()
+    events = [decode_identity(m.value) for m in bus.records("ids")]
+    assert [(e.kind, e.tracklet_id, e.ended) for e in events] == [
+        ("created", "c1:t1", False),
+        ("created", "c2:t1", False),
+        ("confirmed", "c1:t1", True),
+        ("confirmed", "c2:t1", True),
+        ("joined", "c3:t1", False),
+        ("moved", "c3:t1", True),
+    ]
+    assert (events[-1].identity_id, events[-1].previous_id) == (b, a)
+    assert events[-1].score == pytest.approx(late[b])
+    assert store.events() == events
+    assert _partition(store) == {frozenset({"c1:t1"}), frozenset({"c2:t1", "c3:t1"})}
+    store.close()
+
+
+def test_ended_identities_leave_memory_but_stay_in_the_store(pets, tmp_path):
+    """A long-running matcher: the same real stream again and again, 200 s apart, with a 30 s window;
+    identities out of every future window leave memory (bounded), stay queryable in the store, are not
+    loaded again after a restart, and a crop that comes back for one of them founds nothing."""
+    import gc
+    import tracemalloc
+
+    settings, records, _, _ = pets
+
+    def copy(i: int) -> list[FeatureRecord]:
+        out = []
+        for r in records:
+            d = r.detection
+            track = d.track_id + 10_000 * i if d.track_id >= 0 else -1
+            det = dataclasses.replace(
+                d,
+                detection_id=f"pets:{d.frame_index + 100_000 * i}:t{track}",
+                track_id=track,
+                frame_index=d.frame_index + 100_000 * i,
+                timestamp=d.timestamp + 200.0 * i,
+            )
+            out.append(dataclasses.replace(r, detection=det))
+        return out
+
+    store, bus = IdentityStore(tmp_path / "ids.sqlite"), InProcessBus(10**6)
+    service = _bus_service(settings, store, bus, window_s=30.0, end_gap_s=3.0, idle_end_s=1e9)
+    reader = bus.consumer(["ids"], "reader")  # a consumer of the events: the bus keeps none it has read
+    in_memory, traced = [], []
+    tracemalloc.start()
+    try:
+        for i in range(8):
+            _feed(service, copy(i))
+            while reader.poll(max_records=10_000, timeout_s=0.0):
+                reader.commit()
+            in_memory.append(len(service.tracklets.tracklets))
+            gc.collect()
+            traced.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    service.finish()
+    one = IdentityStore(tmp_path / "one.sqlite")
+    reference = _service(settings, one, window_s=30.0, end_gap_s=3.0, idle_end_s=1e9)
+    _feed(reference, copy(0))
+    reference.finish()
+    per_copy = one.db.execute("SELECT count(*) FROM tracklets").fetchone()[0]
+    one.close()
+    stored = store.db.execute("SELECT count(*) FROM tracklets").fetchone()[0]
+    assert per_copy >= 10 and stored == 8 * per_copy  # everything decided is on disk
+    assert all(ident for (ident,) in store.db.execute("SELECT identity_id FROM tracklets"))
+    assert max(in_memory) <= 2.5 * per_copy, in_memory  # the current copy and what may still match it
+    assert in_memory[-1] <= in_memory[2] + per_copy * 0.5, in_memory
+    assert max(traced[3:]) < 1.2 * traced[2], traced  # without eviction: about 2.4 times at the end
+    assert set(service.identities.tracklets) <= set(service.tracklets.tracklets)
+    first = next(
+        iter(i for (i,) in store.db.execute("SELECT identity_id FROM tracklets ORDER BY first_seen"))
+    )
+    assert first not in service.identities.members and timeline(store, first)  # evicted, still queryable
+    kept = set(service.tracklets.tracklets)
+    store.close()
+
+    store = IdentityStore(tmp_path / "ids.sqlite")
+    again = _service(settings, store, window_s=30.0, end_gap_s=3.0, idle_end_s=1e9)
+    assert set(again.tracklets.tracklets) == kept  # the evicted are not loaded again
+    before = store.db.execute("SELECT count(*) FROM tracklets").fetchone()[0]
+    old = next(r for r in copy(0) if r.detection.track_id >= 0)
+    again.add([(old, "")])  # a crop of an evicted tracklet comes back
+    assert again.tracklets.counts["expired"] == 1
+    # a track key seen before eviction, reused later, becomes a new segment (the stored one is kept)
+    d = old.detection
+    reused = dataclasses.replace(
+        d, detection_id=f"pets:9999999:t{d.track_id}", timestamp=d.timestamp + 1800.0
+    )
+    t = again.tracklets.add(dataclasses.replace(old, detection=reused), "", 0.0)
+    assert t is not None and t.tracklet_id.endswith("+2")
+    again.finish()
+    assert store.db.execute("SELECT count(*) FROM tracklets").fetchone()[0] == before + 1
+    store.close()
+
+
+def test_the_reid_stage_extracts_a_sample_of_each_track(pets, tmp_path, write_config):
+    """reid.sample_every_s: a track's first crop, then one every S seconds of its stream; a redelivered
+    crop gets its first decision again; the crops left out are counted, not published."""
+    from pgr.messages import CropRecord, encode_crop
+    from pgr.settings import SettingsError
+    from reid.sampling import TrackSampler
+
+    settings, records, extractor, _ = pets
+    crops = [CropRecord(r.detection, r.jpeg) for r in records]
+    sampler = TrackSampler(every_s=4.0)
+    wanted = [sampler.wants(c.detection) for c in crops]
+    assert [sampler.wants(c.detection) for c in crops] == wanted  # the same crops again: the same answer
+    last: dict[int, float] = {}
+    for c, w in zip(crops, wanted, strict=True):
+        d = c.detection
+        if d.track_id < 0:
+            assert w
+        elif d.track_id not in last:
+            assert w  # a track's first crop
+            last[d.track_id] = d.timestamp
+        else:
+            assert w == (d.timestamp - last[d.track_id] >= 4.0), (d.detection_id, last[d.track_id])
+            if w:
+                last[d.track_id] = d.timestamp
+    assert 0 < sum(not w for w in wanted) < len(crops)
+
+    bus, done = InProcessBus(capacity=100_000), threading.Event()
+    producer = bus.producer()
+    for c in crops:
+        producer.send(settings.topics.crops, encode_crop(c))
+    done.set()
+    sampled = settings.model_copy(update={"reid": settings.reid.model_copy(update={"sample_every_s": 4.0})})
+    metrics = PipelineMetrics()
+    run_reid_stage(sampled, bus, metrics, threading.Event(), done, extractor)
+    out = [decode_feature(m.value).detection.detection_id for m in bus.records(settings.topics.features)]
+    assert out == [c.detection.detection_id for c, w in zip(crops, wanted, strict=True) if w]
+    assert metrics.crops_sampled_out._value.get() == len(crops) - len(out)
+
+    # a sampling interval the matcher's end gap cannot bridge is refused
+    config = write_config(
+        reid={"device": "cpu", "sample_every_s": 5.0},
+        matcher={
+            "milvus_uri": str(tmp_path / "i.db"),
+            "thumbnails_dir": str(tmp_path / "t"),
+            "identities": {"end_gap_s": 5.0},
+        },
+    )
+    with pytest.raises(SettingsError, match="sample_every_s"):
+        load_settings(config)

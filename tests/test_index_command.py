@@ -13,7 +13,7 @@ import pytest
 from conftest import operator_config, write_clip
 
 from ingest.sources import recorded_at
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from pgr.app.cli import main
 from pgr.app.indexing import file_tag, index_files, load_state, start_time_of
 from pgr.app.pipeline import build_extractor
@@ -26,7 +26,7 @@ def extractor(tmp_path_factory):
 
 
 def _rows(settings):
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     try:
         return index.get(index.all_ids())
     finally:

@@ -105,6 +105,7 @@ def test_an_index_with_fewer_rows_than_thumbnails_is_refused(tmp_path, write_con
     image.write_bytes(b"\xff\xd8\xff")
     config = write_config(
         matcher={
+            "index": "milvus",
             "milvus_uri": str(tmp_path / "other.db"),
             "thumbnails_dir": str(tmp_path / "thumbs"),
             "batch_size": 8,

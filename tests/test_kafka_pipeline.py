@@ -10,72 +10,32 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from matcher.search import search_image
+from pgr.app.local_stack import StageProcess, group_lag, topic_records
 from pgr.app.pipeline import build_extractor
 from pgr.messages import decode_crop, encode_crop
 from pgr.settings import load_settings
-from tests.conftest import free_port
-from tests.test_embedded_pipeline import assert_own_track_first, own_track_query, scrape
+from tests.test_embedded_pipeline import assert_own_track_first, own_track_query
 
 pytestmark = pytest.mark.kafka
 
 
-class Service:
-    """A `pgr run STAGE` process with its own metrics port."""
+class Service(StageProcess):
+    """A `pgr run STAGE` process with its own metrics port, consumer group prefix and static member id."""
 
     started: list[Service] = []
 
     def __init__(self, stage: str, config: Path, log_dir: Path, group: str) -> None:
-        self.stage, self.port = stage, free_port()
-        env = {
-            **os.environ,
-            "PGR_METRICS_PORT": str(self.port),
-            "PGR_GROUP_PREFIX": group,
-            "PGR_INSTANCE_ID": f"{stage}-{group}",
-        }
-        self.log = log_dir / f"{stage}-{group}-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgr.app.cli", "run", stage, "--config", str(config)],
-            env=env,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
+        env = {"PGR_GROUP_PREFIX": group, "PGR_INSTANCE_ID": f"{stage}-{group}"}
+        super().__init__(stage, config, log_dir / f"{stage}-{group}-{time.monotonic_ns()}.log", env)
         Service.started.append(self)
-
-    def metric(self, name: str, labels: tuple = ()) -> float:
-        try:
-            return scrape(self.port).get((name, labels), 0.0)
-        except OSError:
-            return -1.0
-
-    def wait_metric(self, name: str, want: float, labels: tuple = (), timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.stage} exited: {self.log.read_text()[-3000:]}"
-            if self.metric(name, labels) >= want:
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"{self.stage}: {name} never reached {want}: {self.log.read_text()[-3000:]}")
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        """Until the service answers on its metrics port."""
-        deadline = time.monotonic() + timeout_s
-        while self.metric("pgr_records_indexed_total") < 0:
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.3)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
 
 
 @pytest.fixture(autouse=True)
@@ -89,31 +49,6 @@ def _no_stray_services():
     Service.started.clear()
 
 
-def topic_records(bootstrap: str, topic: str) -> list[bytes]:
-    """Every record in a topic, read by a throwaway consumer."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
-    parts = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or [])]
-    c.assign(parts)
-    c.seek_to_beginning(*parts)
-    end = c.end_offsets(parts)
-    out = []
-    while any(c.position(p) < end[p] for p in parts):
-        for msgs in c.poll(timeout_ms=1000).values():
-            out.extend(m.value for m in msgs)
-    c.close()
-    return out
-
-
-def group_lag(bootstrap: str, group: str, topic: str) -> int:
-    """Records in `topic` that `group` has not committed."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
-    end = c.end_offsets(parts)
-    lag = sum(end[p] - (c.committed(p) or 0) for p in parts)
-    c.close(autocommit=False)
-    return lag
-
-
 def wait_drained(service: Service, bootstrap: str, group: str, topic: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while group_lag(bootstrap, group, topic) > 0:
@@ -123,7 +58,7 @@ def wait_drained(service: Service, bootstrap: str, group: str, topic: str, timeo
 
 
 def index_count(settings) -> int:
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     try:
         return index.count()
     finally:
@@ -180,7 +115,7 @@ def test_three_processes_over_kafka(kafka_bootstrap, write_config, pets_video, t
     assert index_count(settings) == n + 1
 
     # A crop from the index, searched for, finds its own track first.
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     track, _, query = own_track_query(index)
     hits = search_image(index, build_extractor(settings.reid), Path(query.thumbnail), top_k=5)
     assert_own_track_first(hits, query, track)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from conftest import free_port, operator_config, wait_for_port
@@ -63,3 +64,59 @@ def test_serve_listens_on_loopback_and_refuses_anonymous_calls(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert f"search page: http://127.0.0.1:{port}/" in out
     assert "no accounts in" in out  # the operator is told how to add one
+
+
+def _serve(cfg, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgr.app.cli", "serve", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    wait_for_port(port, timeout_s=120)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+
+
+def _status(port: int, token: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_session_survives_a_restart_of_the_server_until_the_account_changes(tmp_path, monkeypatch):
+    port = free_port()
+    cfg = operator_config(tmp_path, port=port, retention_days=None)
+    settings = load_settings(cfg, check_models=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long password\n"))
+    assert main(["user", "vera", "--config", str(cfg)]) == 0
+    proc = _serve(cfg, port)
+    try:
+        form = urllib.parse.urlencode({"username": "vera", "password": "a long password"}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/login", data=form) as r:
+            token = json.loads(r.read())["token"]
+        assert _status(port, token) == 200
+    finally:
+        _stop(proc)
+    assert token not in settings.sessions_file.read_bytes().decode("latin-1")  # only its hash is kept
+    assert oct(settings.sessions_file.stat().st_mode & 0o777) == "0o600"
+
+    proc = _serve(cfg, port)
+    try:
+        assert _status(port, token) == 200  # the restarted server knows the session
+        assert _status(port, token + "x") == 401
+        monkeypatch.setattr(sys, "stdin", io.StringIO("another long password\n"))
+        assert main(["user", "vera", "--config", str(cfg)]) == 0  # a new password ends its sessions
+        assert _status(port, token) == 401
+    finally:
+        _stop(proc)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from matcher.feature_store import FeatureStore
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from matcher.search import search_image
 from pgr.app.pipeline import build_extractor, run_embedded
 from pgr.metrics import PipelineMetrics
@@ -41,7 +41,7 @@ def pgr_run(tmp_path_factory, assets_dir, pets_video):
     extractor = build_extractor(settings.reid)
     run = run_embedded(settings, PipelineMetrics(), threading.Event(), extractor)
     assert run.errors == []
-    index = DetectionIndex(settings.matcher.milvus_uri)
+    index = open_index(settings.matcher)
     yield settings, index, extractor, FeatureStore(settings.matcher.feature_store_dir)
     index.close()
 

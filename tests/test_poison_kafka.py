@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
+from pgr.app.local_stack import topic_records
 from pgr.app.pipeline import build_transport, run_matcher_stage, run_reid_stage
 from pgr.messages import CropRecord, FeatureRecord, encode_crop, encode_feature
 from pgr.metrics import PipelineMetrics, counter_total
 from pgr.settings import load_settings
-from tests.test_kafka_pipeline import topic_records
 from tests.test_poison_records import DET, nested
 
 pytestmark = pytest.mark.kafka
@@ -139,7 +139,7 @@ def test_each_poison_is_dead_lettered_and_the_valid_records_are_indexed(
     big = [d for d in letters if d["payload_bytes"] == 900_000]
     assert len(big) == 2 and all(d["payload_truncated"] for d in big)  # the whole is at its offset
 
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     try:
         assert index.dim == 1280
         assert sorted(index.all_ids()) == ["cam1:1:t1", "cam1:2:t2"]

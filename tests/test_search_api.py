@@ -318,11 +318,13 @@ def _files_of(settings, client, h, det_id):
     from matcher.detection_files import detection_path
 
     d = client.get(f"/api/detections/{det_id}", headers=h).json()
-    m = settings.matcher
-    return [
-        detection_path(m.thumbnails_dir, d["camera"], det_id, ".jpg"),
-        detection_path(m.feature_store_dir, d["camera"], det_id, ".npz"),
-    ]
+    return [detection_path(settings.matcher.thumbnails_dir, d["camera"], det_id, ".jpg")]
+
+
+def _in_files(folder, patterns: list[bytes]) -> list[bool]:
+    """Per pattern: whether any file under `folder` holds these bytes."""
+    blobs = [p.read_bytes() for p in folder.rglob("*") if p.is_file()]
+    return [any(pattern in b for b in blobs) for pattern in patterns]
 
 
 def test_erasure_of_one_detection_and_of_a_person_is_complete_and_audited(served):
@@ -333,6 +335,11 @@ def test_erasure_of_one_detection_and_of_a_person_is_complete_and_audited(served
     one, person = ids[-1], ids[-3:-1]
     files = {i: _files_of(settings, client, h, i) for i in [one, *person]}
     assert all(p.is_file() for paths in files.values() for p in paths)
+    from matcher.feature_store import FeatureStore
+
+    store = FeatureStore(settings.matcher.feature_store_dir)
+    pixels = [store.load("", i).pixels.tobytes() for i in [one, *person]]
+    assert all(_in_files(settings.matcher.feature_store_dir, pixels))
 
     r = client.delete(f"/api/detections/{one}", headers=h)
     assert r.status_code == 200 and r.json() == {"erased": [one], "not_found": []}
@@ -343,6 +350,8 @@ def test_erasure_of_one_detection_and_of_a_person_is_complete_and_audited(served
     for det_id in [one, *person]:
         assert client.get(f"/api/detections/{det_id}", headers=h).status_code == 404
         assert not any(p.exists() for p in files[det_id])
+        assert FeatureStore(settings.matcher.feature_store_dir).load("", det_id) is None
+    assert not any(_in_files(settings.matcher.feature_store_dir, pixels))  # off the disk, not only search
     assert set(search_ids(client, h)) == set(ids) - {one, *person}
     assert len(search_ids(client, h)) == total - 3
     erasures = [e for e in audit(settings) if e["action"] == "erasure"]

@@ -1,7 +1,8 @@
 """The search page in a real headless Chromium (Debian's `chromium`, driven by Playwright's Python client)
 against a real server (uvicorn) over a real index of a real clip: log in, upload a person crop, search,
 read the PGR scores, confirm a result, search again with it (query expansion), open a result in its frame,
-export the confirmed results; the screenshot is saved as a test artifact (tests/artifacts/)."""
+export the confirmed results; the screenshot is saved as a test artifact (tests/artifacts/). An admin erases
+the identity of a confirmed result."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 import uvicorn
 from conftest import free_port, operator_config, wait_for_port
 
-from matcher.index import DetectionIndex
+from matcher.identity_store import IdentityStore, identity_of, timeline
+from matcher.open_index import open_index
 from pgr.app.indexing import index_files
 from pgr.app.pipeline import build_extractor
 from pgr.app.web.app import create_app
@@ -38,7 +40,8 @@ def server(tmp_path_factory, pets_clip):
     extractor = build_extractor(settings.reid)
     index_files(settings, [pets_clip], "gate", extractor, start=time.time() - 600, bars=False)
     UserStore(settings.users_file).set("olga", PASSWORD, "viewer")
-    index = DetectionIndex(settings.matcher.milvus_uri)
+    UserStore(settings.users_file).set("ada", PASSWORD, "admin")
+    index = open_index(settings.matcher)
     rows = index.get(index.all_ids())
     index.close()
     query_row = max(rows, key=lambda d: d.box[3] - d.box[1])  # the largest crop: a clear query
@@ -142,3 +145,48 @@ def test_an_operator_searches_confirms_expands_opens_the_frame_and_exports(serve
     searches = [e for e in entries if e["action"] == "search"]
     assert searches[0]["query"]["upload"]["bytes"] == query.stat().st_size
     assert searches[1]["query"]["query_ids"] == [second] and searches[1]["query"]["exclude_ids"] == [rejected]
+
+
+def test_an_admin_erases_the_identity_of_a_confirmed_result(server, browser):
+    settings, url, query, query_row, indexed = server
+    store = IdentityStore(settings.matcher.identity_store_path)
+    ident = identity_of(store, query_row)
+    assert ident is not None and timeline(store, ident)
+    store.close()
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(url)
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#search-view:not([hidden])")
+    assert page.is_visible("#erase-identity-button") and page.is_disabled("#erase-identity-button")
+    page.set_input_files("#image", str(query))
+    page.click("#search-button")
+    page.wait_for_selector("#results .card")
+    card = page.locator(f"#results .card[data-id='{query_row.detection_id}']")
+    card.locator(".same-button").click()
+    asked = []
+
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept("SAR-page-1")
+
+    page.on("dialog", answer)
+    page.click("#erase-identity-button")
+    page.wait_for_selector("text=1 identity erased")
+    assert ident in asked[0]
+    erased = int(page.text_content("#summary").split(": ")[1].split()[0])
+    assert erased >= 1 and page.text_content("#confirmed-count") == "0"
+
+    store = IdentityStore(settings.matcher.identity_store_path)
+    assert timeline(store, ident) == []
+    store.close()
+    entry = AuditLog(settings.audit_log).entries()[-1]
+    assert entry["action"] == "identity_erasure" and entry["user"] == "ada"
+    assert entry["reason"] == "SAR-page-1"
+    assert entry["query"] == {"identity_id": ident} and entry["detections"] == erased
+    page.click("#search-button")  # the person's crops are gone from the results
+    page.wait_for_selector("#results .card")
+    ids = page.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.id)")
+    assert query_row.detection_id not in ids
+    assert f"{indexed - erased} results" in page.text_content("#summary")

@@ -11,10 +11,10 @@ import pytest
 
 from matcher.index import DetectionIndex, _locked
 from pgr.app.cli import main
+from pgr.app.local_stack import free_port
 from pgr.errors import BrokerUnavailable, IndexUnavailable
 from pgr.settings import SettingsError, load_settings
 from pgr.transport import KafkaTransport
-from tests.conftest import free_port
 
 
 def one_line_error(capsys) -> str:
@@ -84,7 +84,7 @@ def test_a_locked_index_is_refused_at_once_in_one_line(tmp_path, write_config, c
         assert time.perf_counter() - t0 < 2.0, "a locked file is not worth retrying"
         image = tmp_path / "q.jpg"
         image.write_bytes(b"\xff\xd8\xff")
-        config = write_config(matcher={"milvus_uri": uri})
+        config = write_config(matcher={"index": "milvus", "milvus_uri": uri})
         assert main(["search", "--image", str(image), "--config", str(config)]) == 1
         assert "locked by another process" in one_line_error(capsys)
     finally:
@@ -96,6 +96,6 @@ def test_a_milvus_server_that_is_down_is_one_line(write_config, capsys, tmp_path
     image = tmp_path / "q.jpg"
     image.write_bytes(b"\xff\xd8\xff")
     uri = f"http://127.0.0.1:{free_port()}"
-    config = write_config(matcher={"milvus_uri": uri})
+    config = write_config(matcher={"index": "milvus", "milvus_uri": uri})
     assert main(["search", "--image", str(image), "--config", str(config)]) == 1
     assert uri in one_line_error(capsys)

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pgr.app.local_stack import free_port
 from pgr.metrics import PipelineMetrics, counter_total
 from pgr.paths import CONFIGS
 from pgr.settings import load_settings
@@ -63,7 +63,12 @@ def run_benchmark(config: str, out: str | None = None) -> int:
         settings = settings.model_copy(
             update={
                 "matcher": settings.matcher.model_copy(
-                    update={"milvus_uri": f"{tmp}/bench.db", "thumbnails_dir": Path(tmp) / "thumbs"}
+                    update={
+                        "milvus_uri": f"{tmp}/bench.db",
+                        "index_dir": Path(tmp) / "index",
+                        "thumbnails_dir": Path(tmp) / "thumbs",
+                        "features_dir": Path(tmp) / "features",
+                    }
                 )
             }
         )
@@ -101,15 +106,9 @@ def run_benchmark(config: str, out: str | None = None) -> int:
     return 0 if not run.errors else 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     """Frame-read-to-searchable latency over Kafka with three processes and a real-time paced camera."""
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
 
     work = Path(tempfile.mkdtemp(prefix="pgr-bench-"))
     cfg = yaml.safe_load((CONFIGS / "kafka.yaml").read_text())
@@ -125,7 +124,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
     procs = {}
     try:
         for stage in ("matcher", "reid", "ingest"):
-            env = {**os.environ, "PGR_METRICS_PORT": str(_free_port())}
+            env = {**os.environ, "PGR_METRICS_PORT": str(free_port())}
             procs[stage] = subprocess.Popen(
                 [sys.executable, "-m", "pgr.app.cli", "run", stage, "--config", str(config)],
                 env=env,
@@ -140,7 +139,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
             procs[stage].send_signal(signal.SIGTERM)
             procs[stage].wait(timeout=60)
         settings = load_settings(config)
-        index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+        index = open_index(settings.matcher)
         rows = index.get(index.all_ids())
         index.close()
     finally:

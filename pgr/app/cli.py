@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from pgr.app.index_benchmark import add_index_bench_options
 from pgr.errors import Unavailable
 from pgr.images import BadImage
 from pgr.model_files import ModelFileMissing
@@ -57,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: embedded throughput per stage (default), detector sizes, live cameras, crops per "
-        "second with and without representatives, scale-out",
+        help="benchmarks (BENCHMARKS.md): embedded throughput per stage (default), index (stage 1 at "
+        "scale), search (the whole search at scale), detector sizes, live cameras, crops per second with and "
+        "without representatives, scale-out",
     )
     bench.add_argument("what", nargs="?", default="embedded", choices=list(BENCHMARKS))
     bench.add_argument("--config", help="pipeline config (default: embedded.yaml; live: four_cameras.yaml)")
     bench.add_argument("--out", help="also write the figures as JSON here")
+    add_index_bench_options(bench)
     bench.add_argument("--seconds", type=float, default=60.0, help="live, scaleout: seconds of video")
     bench.add_argument("--imgsz", type=int, help="live: detector input size (long side)")
     bench.add_argument("--detect-batch", type=int, help="live: frames of different cameras per inference")
@@ -118,6 +121,18 @@ def _bench_embedded(args) -> int:
     return run_benchmark(args.config or str(DEFAULT_EMBEDDED), args.out)
 
 
+def _bench_index(args) -> int:
+    from pgr.app.index_benchmark import bench_index, report
+
+    return report(bench_index(args), args.out)
+
+
+def _bench_search(args) -> int:
+    from pgr.app.index_benchmark import bench_search, report
+
+    return report(bench_search(args), args.out)
+
+
 def _bench_detector(args) -> int:
     from pgr.app.detector_benchmark import run_detector_sizes
     from pgr.paths import assets_dir
@@ -168,6 +183,8 @@ def _write_json(result: dict, out: str | None) -> None:
 
 BENCHMARKS = {
     "embedded": _bench_embedded,
+    "index": _bench_index,
+    "search": _bench_search,
     "detector": _bench_detector,
     "live": _bench_live,
     "crops": _bench_crops,
@@ -223,7 +240,7 @@ def _demo(args) -> int:
 
     from matcher.contact_sheet import write_contact_sheet
     from matcher.feature_store import FeatureStore
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
     from matcher.search import longest_track_query, search_image
     from pgr.app.pipeline import build_extractor, run_embedded
     from pgr.metrics import PipelineMetrics, counter_total
@@ -233,9 +250,12 @@ def _demo(args) -> int:
     if settings.transport.kind != "inprocess":
         raise SettingsError(f"{args.config}: the demo runs embedded: transport.kind must be inprocess")
     m = settings.matcher
-    if not args.keep and "://" not in m.milvus_uri:
-        db = Path(m.milvus_uri)  # milvus-lite 3 keeps a .db as a folder; older releases as a file
-        shutil.rmtree(db, ignore_errors=True) if db.is_dir() else db.unlink(missing_ok=True)
+    if not args.keep:
+        if m.index == "embedded":
+            shutil.rmtree(m.index_path, ignore_errors=True)
+        elif "://" not in m.milvus_uri:
+            db = Path(m.milvus_uri)  # milvus-lite 3 keeps a .db as a folder; older releases as a file
+            shutil.rmtree(db, ignore_errors=True) if db.is_dir() else db.unlink(missing_ok=True)
         shutil.rmtree(m.thumbnails_dir, ignore_errors=True)
         shutil.rmtree(m.feature_store_dir, ignore_errors=True)
         for suffix in ("", "-wal", "-shm"):
@@ -252,7 +272,7 @@ def _demo(args) -> int:
     if run.errors:
         print("errors: " + "; ".join(run.errors), file=sys.stderr)
         return 1
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    index = open_index(m)
     frames = counter_total(metrics.frames_read)
     print(
         f"\nprocessed in {elapsed:.1f}s: {int(frames)} frames sampled, "
@@ -293,8 +313,8 @@ def _demo(args) -> int:
 
 def _search(args) -> int:
     from matcher.feature_store import FeatureStore
-    from matcher.index import DetectionIndex
     from matcher.index_check import check_rows_against_files
+    from matcher.open_index import open_index
     from matcher.search import search_image
     from pgr.app.pipeline import build_extractor, milvus_token
     from reid.retrieval import RetrievalParams
@@ -303,14 +323,13 @@ def _search(args) -> int:
     if args.top < 1 or args.top > 1000:
         raise ValueError("--top must be between 1 and 1000")
     since, until = parse_time(args.since), parse_time(args.until)
-    index = DetectionIndex(
-        settings.matcher.milvus_uri, settings.matcher.collection, token=milvus_token(settings)
-    )
+    extractor = build_extractor(settings.reid)
+    index = open_index(settings.matcher, token=milvus_token(settings))
     try:
         check_rows_against_files(index, settings.matcher.thumbnails_dir, slack=settings.matcher.batch_size)
         hits = search_image(
             index,
-            build_extractor(settings.reid),
+            extractor,
             Path(args.image),
             features=FeatureStore(settings.matcher.feature_store_dir),
             params=RetrievalParams.from_settings(settings.matcher),
@@ -347,6 +366,18 @@ def add_operator_commands(sub) -> None:
     serve.add_argument("--config", default=str(DEFAULT_EMBEDDED))
     serve.add_argument("--host", help="override serve.host")
     serve.add_argument("--port", type=int, help="override serve.port")
+
+    erase = sub.add_parser(
+        "erase",
+        help="erase, for good and audited, everything stored about one identity or some detections "
+        "(stop `pgr serve` first when it owns a milvus-lite file, or use its API)",
+    )
+    what = erase.add_mutually_exclusive_group(required=True)
+    what.add_argument("--identity", help="a global identity id (`pgr identities` lists them)")
+    what.add_argument("--detection", nargs="+", metavar="ID", help="detection ids")
+    erase.add_argument("--reason", required=True, help="why: the request's reference (audited)")
+    erase.add_argument("--by", help="who asks, for the audit log (default: your login name)")
+    erase.add_argument("--config", default=str(DEFAULT_EMBEDDED))
 
     user = sub.add_parser("user", help="add or change an account of the search server (password on stdin)")
     user.add_argument("name")
@@ -401,6 +432,9 @@ def _serve(args) -> int:
     if over:
         settings = settings.model_copy(update={"serve": settings.serve.model_copy(update=over)})
     app = create_app(settings)
+    if settings.serve.metrics_port is not None:
+        port = app.state.pgr.metrics.serve(settings.metrics.host, settings.serve.metrics_port)
+        print(f"metrics: http://{settings.metrics.host}:{port}/metrics")
     print(f"search page: http://{settings.serve.host}:{settings.serve.port}/  (API docs: /docs)")
     uvicorn.run(app, host=settings.serve.host, port=settings.serve.port, log_level="info")
     return 0
@@ -409,24 +443,80 @@ def _serve(args) -> int:
 def _user(args) -> int:
     import getpass
 
-    from pgr.app.web.auth import UserStore
+    from pgr.app.web.auth import Sessions, UserStore
 
     settings = load_settings(args.config, check_models=False)
     users = UserStore(settings.users_file)
+    sessions = Sessions(settings.serve.session_hours, settings.sessions_file)
     if args.delete:
         users.delete(args.name)
-        print(f"account {args.name} removed")
+        sessions.end_user(args.name)
+        print(f"account {args.name} removed (and logged out)")
         return 0
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
     else:
         password = sys.stdin.readline().rstrip("\n")
     users.set(args.name, password, args.role)
-    print(f"account {args.name} ({args.role}) saved in {settings.users_file}")
+    ended = sessions.end_user(args.name)  # a new password or role: its open sessions end
+    print(
+        f"account {args.name} ({args.role}) saved in {settings.users_file}"
+        + (" (logged out)" if ended else "")
+    )
     return 0
 
 
-OPERATOR_COMMANDS = {"index": _index, "serve": _serve, "user": _user}
+def _erase(args) -> int:
+    import getpass
+
+    from matcher.erasure import UnknownIdentity, erase_detections, erase_identity
+    from matcher.feature_store import FeatureStore
+    from matcher.open_index import open_index
+    from matcher.thumbnails import ThumbnailStore
+    from pgr.app.pipeline import milvus_token
+    from pgr.app.web.audit import AuditLog
+
+    settings = load_settings(args.config, check_models=False)
+    m = settings.matcher
+    who = args.by or getpass.getuser()
+    audit = AuditLog(settings.audit_log)
+    index = open_index(m, token=milvus_token(settings))
+    stores = (index, ThumbnailStore(m.thumbnails_dir), FeatureStore(m.feature_store_dir))
+    try:
+        if args.identity is not None:
+            try:
+                erased = erase_identity(m.identity_store_path, *stores, args.identity)
+            except UnknownIdentity as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            counts = erased.counts()
+            audit.append(
+                who,
+                "identity_erasure",
+                via="cli",
+                reason=args.reason,
+                query={"identity_id": args.identity},
+                result_count=erased.detections,
+                **counts,
+            )
+            print(
+                f"identity {args.identity} erased: {counts['tracklets']} tracklets, {erased.events} events, "
+                f"{erased.detections} detections (index rows, thumbnails, features); identities deleted: "
+                + ", ".join(erased.identities)
+            )
+            return 0
+        ids = list(dict.fromkeys(args.detection))
+        found = {d.detection_id for d in erase_detections(m.identity_store_path, *stores, ids)}
+        query = {"detection_ids": ids}
+        audit.append(who, "erasure", via="cli", reason=args.reason, query=query, result_count=len(found))
+        missing = ", ".join(i for i in ids if i not in found)
+        print(f"{len(found)} detections erased" + (f"; not in the index: {missing}" if missing else ""))
+        return 0
+    finally:
+        index.close()
+
+
+OPERATOR_COMMANDS = {"index": _index, "serve": _serve, "user": _user, "erase": _erase}
 
 
 def _identity_store(args):

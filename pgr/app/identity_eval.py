@@ -1,32 +1,41 @@
 """How well the live identities link people across cameras, on real multi-camera data (a command, not a test).
 
-    python -m pgr.app.identity_eval replay --dataset dukemtmc --bootstrap HOST:PORT [--minutes M]
-        [--speed 10] [--threshold T] [--instance-only] [--out FILE.json]
-    python -m pgr.app.identity_eval calibrate --dataset dukemtmc [--minutes M]
+    python -m pgr.app.identity_eval replay --dataset dukemtmc --bootstrap HOST:PORT [--config FILE]
+        [--minutes M --start S] [--speed 10] [--threshold T] [--instance-only] [--sample-every S]
+    python -m pgr.app.identity_eval calibrate --dataset dukemtmc [--config FILE] [--maps DIR] [--grid ...]
+        [--merge-delta ...] [--sample-every ...] [--modes pgr instance] [--jobs 2]
+    python -m pgr.app.identity_eval topology --dataset dukemtmc      # camera topology from the training split
+    python -m pgr.app.identity_eval memory --dataset dukemtmc        # the matcher's memory on a long stream
+    python -m pgr.app.identity_eval search --dataset dukemtmc        # what sampling costs the search
 
 `replay` publishes a re-ID test set (query + gallery; training split with `--split train`) as one camera
 stream per camera, in the order of the frame numbers in the file names (DukeMTMC: 60 fps, synchronised
 across its 8 cameras; Market-1501: 25 fps per camera sequence, its 6 cameras laid end to end in sequence
 order, so only roughly synchronised), paced at `--speed` times real time, as crop records over Kafka
-through the pipeline's own re-ID and matcher stages. A local track is one identity on one camera while its
-crops come at most `--track-gap` seconds apart. It then scores the matcher's identities against the true
-ones (matcher/identity_quality.py) and measures the latency from each tracklet's last crop being published
-to its identity decision at the tracklet's end.
+through the pipeline's own re-ID and matcher stages (after one warm-up crop, so start-up is not latency).
+A local track is one identity on one camera while its crops come at most `--track-gap` seconds apart. It
+then scores the matcher's identities against the true ones over every crop (matcher/identity_quality.py)
+and measures the latency from each local track's last crop being published to its identity decision at
+its tracklet's end.
 
-`calibrate` picks the join threshold on the TRAINING split: the same records (in replay order, extracted
-once with the configured model) through the matcher's own tracklet and identity code for each threshold of
-a grid, with progressive retrieval and with the instance feature alone (or only that with
-`--instance-only`); per mode the threshold with the best IDF1 wins. Never on a test split.
+`calibrate` picks the join threshold (and the bridge-merge margin) on the TRAINING split: the same records
+(in replay order, features from the cache of pgr/app/identity_features.py, sampled as the re-ID stage
+would with `--sample-every`) through the matcher's own tracklet and identity code for each point of the
+grid; per matching mode and sampling the point with the best IDF1 among those with a pair precision of
+at least `--min-precision` (the target's 0.9) wins. Never on a test split.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +48,9 @@ from matcher.identity_store import IdentityStore
 from pgr.messages import CropRecord, Detection, FeatureRecord, decode_identity, encode_crop
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS
-from pgr.settings import Settings, load_settings
-from pgr.transport import InProcessBus
+from pgr.settings import IdentitySettings, Settings, load_settings
 from reid.retrieval import RetrievalParams
+from reid.sampling import TrackSampler
 from training.datasets import DATASETS
 
 _DUKE = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)\.jpg$")
@@ -138,14 +147,18 @@ def eval_settings(args, workdir: Path, threshold: float) -> Settings:
     overrides = {
         "transport": {"kind": "kafka", "bootstrap": args.bootstrap, "partitions": 1, "group_prefix": run},
         "topics": {n: f"{run}.{n}" for n in ("crops", "features", "identities", "dead_letter")},
+        "reid": {} if args.sample_every is None else {"sample_every_s": args.sample_every},
         "matcher": {
             "milvus_uri": str(workdir / "eval.db"),
             "thumbnails_dir": str(workdir / "thumbnails"),
             "features_dir": str(workdir / "features"),
-            "identities": identity_overrides(args, threshold, args.end_gap / args.speed + 1.0),
+            "identities": {
+                **identity_overrides(args, threshold, args.end_gap / args.speed + 1.0),
+                "store": str(workdir / "identities.sqlite"),
+            },
         },
     }
-    return load_settings(CONFIGS / "embedded.yaml", overrides)
+    return load_settings(args.config, overrides)
 
 
 def identity_overrides(args, threshold: float, idle_end_s: float) -> dict:
@@ -155,12 +168,18 @@ def identity_overrides(args, threshold: float, idle_end_s: float) -> dict:
         "end_gap_s": args.end_gap,
         "idle_end_s": idle_end_s,
         "instance_only": args.instance_only,
-        "store": str(args.workdir_path / "identities.sqlite"),
     }
 
 
-def publish(settings: Settings, crops: list[ReplayCrop], speed: float, stop: threading.Event) -> None:
-    """Publish the crops as their cameras would, at `speed` times real time."""
+def publish(
+    settings: Settings,
+    crops: list[ReplayCrop],
+    speed: float,
+    stop: threading.Event,
+    published: dict[str, float],
+) -> None:
+    """Publish the crops as their cameras would, at `speed` times real time; `published` gets each crop's
+    publication (= frame read) time."""
     from pgr.app.pipeline import build_transport
 
     producer = build_transport(settings).producer()
@@ -174,6 +193,7 @@ def publish(settings: Settings, crops: list[ReplayCrop], speed: float, stop: thr
                 time.sleep(wait)
             rec = crop_record(c, time.time())
             producer.send(settings.topics.crops, encode_crop(rec), key=c.camera.encode())
+            published[c.detection_id] = rec.detection.read_at
         producer.flush()
     finally:
         producer.close()
@@ -185,7 +205,8 @@ def run_replay(args) -> dict:
     crops = replay_crops(args.data, args.dataset, args.split, args.track_gap)
     crops = window(crops, args.minutes, args.start)
     workdir = Path(tempfile.mkdtemp(prefix="pgr-identity-eval-"))
-    args.workdir_path = workdir
+    base = load_settings(args.config, check_models=False).matcher.identities
+    args.threshold = base.threshold if args.threshold is None else args.threshold
     settings = eval_settings(args, workdir, args.threshold)
     metrics = PipelineMetrics()
     extractor = build_extractor(settings.reid)
@@ -216,15 +237,19 @@ def run_replay(args) -> dict:
     ]
     for t in threads:
         t.start()
-    t0 = time.time()
-    guarded(lambda: publish(settings, crops, args.speed, stop), published)
+    warm_up(settings, crops[0], metrics, stop)
+    t0, load_before = time.time(), os.getloadavg()
+    sent: dict[str, float] = {}
+    guarded(lambda: publish(settings, crops, args.speed, stop, sent), published)
     replay_s = time.time() - t0
     for t in threads:
         t.join()
     if errors:
         raise RuntimeError("; ".join(errors))
+    total_s = time.time() - t0
     store = IdentityStore(settings.matcher.identity_store_path)
-    result = score_store(store, crops)
+    result = score_store(store, crops, sent)
+    extracted = metrics.features_extracted._value.get()
     result.update(
         dataset=args.dataset,
         split=args.split,
@@ -234,14 +259,50 @@ def run_replay(args) -> dict:
         threshold=args.threshold,
         instance_only=args.instance_only,
         model=extractor.name,
+        sample_every_s=settings.reid.sample_every_s,
+        crops_extracted=int(extracted),
+        crops_sampled_out=int(metrics.crops_sampled_out._value.get()),
+        extracted_per_s=round(extracted / total_s, 1),
+        load_average_before=[round(v, 2) for v in load_before],
+        load_average_after=[round(v, 2) for v in os.getloadavg()],
+        cpu_cores=os.cpu_count(),
         replay_wall_s=round(replay_s, 1),
-        total_wall_s=round(time.time() - t0, 1),
+        total_wall_s=round(total_s, 1),
         stream_s=round(crops[-1].time - crops[0].time, 1),
         cameras=len({c.camera for c in crops}),
         identity_events_on_topic=count_topic(settings),
     )
     store.close()
     return result
+
+
+WARMUP = "warmup"  # the camera of the one crop sent before the timed replay
+
+
+def warm_up(settings: Settings, first: ReplayCrop, metrics: PipelineMetrics, stop: threading.Event) -> None:
+    """Send one crop (camera `warmup`, before the replay's first) and wait until the matcher indexed it: the
+    stages are up (model loaded, index open), so start-up is not counted as latency. The scores leave the
+    warm-up crop out."""
+    from pgr.app.pipeline import build_transport
+
+    rec = crop_record(first, time.time())
+    det = dataclasses.replace(
+        rec.detection,
+        detection_id=f"{WARMUP}:0:t0",
+        camera_id=WARMUP,
+        timestamp=rec.detection.timestamp - 100,
+    )
+    producer = build_transport(settings).producer()
+    try:
+        producer.send(settings.topics.crops, encode_crop(CropRecord(det, rec.jpeg)), key=WARMUP.encode())
+        producer.flush()
+    finally:
+        producer.close()
+    deadline = time.time() + 600
+    while metrics.records_indexed._value.get() < 1:
+        if stop.is_set() or time.time() > deadline:
+            raise RuntimeError("the pipeline did not index the warm-up crop")
+        time.sleep(0.2)
 
 
 def count_topic(settings: Settings) -> int:
@@ -260,30 +321,69 @@ def count_topic(settings: Settings) -> int:
     return n
 
 
-def score_store(store: IdentityStore, crops: list[ReplayCrop]) -> dict:
-    """The identity quality of a finished run and its end-to-identity latencies."""
+def score_store(
+    store: IdentityStore, crops: list[ReplayCrop], published: dict[str, float] | None = None
+) -> dict:
+    """The identity quality of a finished run and its end-to-identity latencies.
+
+    A crop the matcher never saw (sampled out by the re-ID stage) takes the identity of its local track's
+    tracklet (the segment nearest in time): the tracker linked it, so the identity holds for it too. The
+    latency of a local track runs from the publication of its last crop (`published`: detection id ->
+    wall time; else the read time of the last crop the matcher saw) to the decision at its tracklet's end.
+    """
     truth = {c.detection_id: c.pid for c in crops}
-    predicted, read_at = {}, {}
-    for tid, ident, meta in store.db.execute("SELECT tracklet_id, identity_id, meta FROM tracklets"):
+    predicted: dict[str, str] = {}
+    segments: dict[str, list[tuple[float, float, str]]] = {}
+    read_at: dict[str, float] = {}
+    rows = store.db.execute(
+        "SELECT tracklet_id, identity_id, first_seen, last_seen, meta FROM tracklets"
+    ).fetchall()
+    rows = [r for r in rows if not r[0].startswith(f"{WARMUP}:")]
+    for tid, ident, first, last, meta in rows:
         m = json.loads(meta)
-        read_at[tid] = m["read_at"]
+        ident = ident or f"none:{tid}"
+        key = tid.split("+")[0]
+        segments.setdefault(key, []).append((first, last, ident))
+        read_at[key] = max(read_at.get(key, 0.0), m["read_at"])
         for det in m["seen"]:
-            predicted[det] = ident or f"none:{tid}"
-    unassigned = [d for d in truth if d not in predicted]
-    for d in unassigned:  # a crop the tracklets refused counts as an identity of its own
-        predicted[d] = f"alone:{d}"
+            predicted[det] = ident
+    inferred, alone = 0, 0
+    for c in crops:
+        if c.detection_id in predicted:
+            continue
+        segs = segments.get(f"{c.camera}:t{c.track}")
+        if segs:  # the track's tracklet: the crop is its, though never extracted
+            t = BASE_TIME + c.time
+            predicted[c.detection_id] = min(segs, key=lambda s: max(s[0] - t, t - s[1], 0.0))[2]
+            inferred += 1
+        else:  # a crop no tracklet took counts as an identity of its own
+            predicted[c.detection_id] = f"alone:{c.detection_id}"
+            alone += 1
     q = identity_quality(truth, predicted)
     events = store.events()
-    latency = [
-        e.decided_at - read_at[e.tracklet_id] for e in events if e.ended and read_at.get(e.tracklet_id)
-    ]
-    founded = sum(1 for e in events if e.kind == "created")
+    decided: dict[str, float] = {}
+    for e in events:
+        if e.ended:
+            key = e.tracklet_id.split("+")[0]
+            decided[key] = max(decided.get(key, 0.0), e.decided_at)
+    track_end: dict[str, float] = {}
+    if published is not None:
+        for c in crops:
+            key = f"{c.camera}:t{c.track}"
+            if c.detection_id in published:
+                track_end[key] = max(track_end.get(key, 0.0), published[c.detection_id])
+    else:
+        track_end = {k: v for k, v in read_at.items() if v > 0}
+    latency = [decided[k] - end for k, end in track_end.items() if k in decided]
+    founded = sum(1 for e in events if e.kind == "created" and e.camera_id != WARMUP)
     return {
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in q.as_dict().items()},
         "founded_per_true": round(founded / q.true_identities, 3),
         "events": {k: sum(1 for e in events if e.kind == k) for k in sorted({e.kind for e in events})},
-        "tracklets": len(read_at),
-        "crops_not_in_a_tracklet": len(unassigned),
+        "tracklets": len(rows),
+        "crops_seen_by_matcher": len(crops) - inferred - alone,
+        "crops_by_their_track": inferred,
+        "crops_not_in_a_tracklet": alone,
         "end_to_identity_s": {
             "median": round(percentile(latency, 50), 3),
             "p95": round(percentile(latency, 95), 3),
@@ -293,81 +393,287 @@ def score_store(store: IdentityStore, crops: list[ReplayCrop]) -> dict:
     }
 
 
-def run_calibration(args) -> dict:
-    """Pick the threshold with the best IDF1 on the training split (offline: same records, same code)."""
+def replay_records(
+    args, crops: list[ReplayCrop], settings: Settings, split: list[ReplayCrop] | None = None
+) -> tuple[list[FeatureRecord], str]:
+    """Feature records of the crops as the re-ID stage would publish them, from the feature cache of the
+    whole `split` they come from (pgr/app/identity_features.py: extracted once per dataset, split and
+    model), and the model's name."""
+    from pgr.app.identity_features import replay_features
     from pgr.app.pipeline import build_extractor
 
-    crops = window(replay_crops(args.data, args.dataset, "train", args.track_gap), args.minutes, args.start)
-    settings = load_settings(CONFIGS / "embedded.yaml", check_models=False)
+    split = crops if split is None else split
     extractor = build_extractor(settings.reid)
+    heads = settings.reid.heads if settings.reid.model == "pgr-openvino" else settings.reid.checkpoint
+    feats = replay_features([c.path for c in split], extractor, heads, maps=getattr(args, "maps", None))
+    by_id = {c.detection_id: f for c, f in zip(split, feats, strict=True)}
     records = []
-    for i in range(0, len(crops), 32):
-        batch = [crop_record(c, 0.0) for c in crops[i : i + 32]]
-        images = [cv2.imdecode(np.frombuffer(r.jpeg, np.uint8), cv2.IMREAD_COLOR) for r in batch]
-        for r, f in zip(batch, extractor.extract(images), strict=True):
-            records.append(
-                FeatureRecord(
-                    r.detection,
-                    extractor.name,
-                    f.instance,
-                    r.jpeg,
-                    f.parts,
-                    f.part_visibility,
-                    f.pixels,
-                    f.pixel_coords,
-                )
+    for c in crops:
+        r, f = crop_record(c, 0.0), by_id[c.detection_id]
+        records.append(
+            FeatureRecord(
+                r.detection,
+                extractor.name,
+                f.instance,
+                r.jpeg,
+                f.parts,
+                f.part_visibility,
+                f.pixels,
+                f.pixel_coords,
             )
-    table = []
-    modes = [args.instance_only] if args.instance_only else [False, True]
-    for instance_only, threshold in ((m, t) for m in modes for t in args.grid):
-        with tempfile.TemporaryDirectory() as tmp:
-            args.workdir_path, args.instance_only = Path(tmp), instance_only
-            base = settings.matcher.identities
-            # offline: only stream time (and the end) ends a tracklet
-            cfg = type(base).model_validate({**base.model_dump(), **identity_overrides(args, threshold, 1e9)})
-            store = IdentityStore(Path(tmp) / "identities.sqlite")
-            service = IdentityService(
+        )
+    return records, extractor.name
+
+
+class _Discard:
+    """A producer that drops what it is sent (offline runs read the events from the store)."""
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def offline_run(
+    cfg: IdentitySettings,
+    retrieval: RetrievalParams,
+    records: list[FeatureRecord],
+    store: IdentityStore | None = None,
+    every: Callable[[IdentityService, int], None] | None = None,
+) -> IdentityStore:
+    """The matcher's own tracklet and identity code over `records` in order, without Kafka or an index
+    (only stream time and the end of the records end a tracklet); the state in `store` (default: in
+    memory). `every(service, i)` runs after each batch of 64 records."""
+    store = store or IdentityStore(Path(":memory:"))
+    service = IdentityService(cfg, retrieval, store, _Discard(), "identities", PipelineMetrics())
+    for i in range(0, len(records), 64):
+        service.add([(r, "") for r in records[i : i + 64]])
+        if every is not None:
+            every(service, i)
+    service.finish()
+    return store
+
+
+def run_memory(args) -> dict:
+    """The matcher's memory over a long stream (the training split's replay, offline, default config):
+    tracklets and identities held, and the bytes Python allocated for them (tracemalloc), as it goes."""
+    import tracemalloc
+
+    split = replay_crops(args.data, args.dataset, "train", args.track_gap)
+    crops = window(split, args.minutes, args.start)
+    settings = load_settings(args.config, check_models=False)
+    records, model = replay_records(args, crops, settings, split)
+    cfg = settings.matcher.identities.model_copy(update={"idle_end_s": 1e9, "end_gap_s": args.end_gap})
+    points: list[dict] = []
+
+    def sample(service: IdentityService, i: int) -> None:
+        if i % 2048:
+            return
+        traced = tracemalloc.get_traced_memory()[0]
+        n = len(service.tracklets.tracklets)
+        points.append(
+            {
+                "stream_min": round(
+                    (records[i].detection.timestamp - records[0].detection.timestamp) / 60, 1
+                ),
+                "tracklets_in_memory": n,
+                "identities_in_memory": len(service.identities.members),
+                "tracklets_stored": service.store.db.execute("SELECT count(*) FROM tracklets").fetchone()[0],
+                "traced_mb": round(traced / 2**20, 2),
+                "kb_per_tracklet": round(traced / max(n, 1) / 1024, 1),
+            }
+        )
+        print(json.dumps(points[-1]), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tracemalloc.start()
+        try:
+            store = offline_run(
                 cfg,
                 RetrievalParams.from_settings(settings.matcher),
-                store,
-                InProcessBus(capacity=10**9).producer(),
-                "identities",
-                PipelineMetrics(),
+                records,
+                IdentityStore(Path(tmp) / "i.db"),
+                sample,
             )
-            for i in range(0, len(records), 64):
-                service.add([(r, "") for r in records[i : i + 64]])
-            service.finish()
-            score = score_store(store, crops)
-            store.close()
-        keys = ("idf1", "pair_precision", "pair_recall", "identities_per_true")
-        row = {"instance_only": instance_only, "threshold": threshold, **{k: score[k] for k in keys}}
-        print(json.dumps(row), flush=True)
-        table.append(row)
-    best = {
-        "instance_only" if m else "pgr": max(
-            (r for r in table if r["instance_only"] == m), key=lambda r: (r["idf1"], r["threshold"])
-        )["threshold"]
-        for m in modes
+        finally:
+            tracemalloc.stop()
+        store.close()
+    return {
+        "dataset": args.dataset,
+        "split": "train",
+        "model": model,
+        "window_s": cfg.window_s,
+        "points": points,
     }
+
+
+def sampled(records: list[FeatureRecord], every_s: float) -> list[FeatureRecord]:
+    """The records the re-ID stage extracts with `reid.sample_every_s` (reid/sampling.py; all for 0)."""
+    sampler = TrackSampler(every_s)
+    return [r for r in records if sampler.wants(r.detection)]
+
+
+def _calibration_row(job: tuple) -> dict:
+    """One point of the calibration grid (run in a worker process)."""
+    args, base, retrieval, records, crops, every, instance_only, threshold, delta = job
+    args.instance_only = instance_only
+    overrides = identity_overrides(args, threshold, 1e9)  # offline: only stream time ends a tracklet
+    overrides["merge_threshold"] = min(threshold + delta, 1.0)
+    cfg = base.model_validate({**base.model_dump(), **overrides})
+    kept = sampled(records, every)
+    store = offline_run(cfg, retrieval, kept)
+    score = score_store(store, crops)
+    store.close()
+    keys = ("idf1", "pair_precision", "pair_recall", "identities_per_true", "founded_per_true", "events")
+    return {
+        "sample_every_s": every,
+        "extracted": round(len(kept) / len(records), 4),
+        "instance_only": instance_only,
+        "threshold": threshold,
+        "merge_threshold": overrides["merge_threshold"],
+        **{k: score[k] for k in keys},
+    }
+
+
+def run_calibration(args) -> dict:
+    """Pick the join threshold (and the bridge-merge margin) with the best IDF1 on the TRAINING split, per
+    matching mode and sampling interval (offline: the same records through the same matcher code)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    split = replay_crops(args.data, args.dataset, "train", args.track_gap)
+    crops = window(split, args.minutes, args.start)
+    settings = load_settings(args.config, check_models=False)
+    records, model = replay_records(args, crops, settings, split)
+    modes = [m == "instance" for m in args.modes]
+    retrieval = RetrievalParams.from_settings(settings.matcher)
+    base = settings.matcher.identities
+    jobs = [
+        (args, base, retrieval, records, crops, every, m, t, d)
+        for every in args.sample_every
+        for m in modes
+        for t in args.grid
+        for d in args.merge_delta
+    ]
+    table = []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for row in pool.map(_calibration_row, jobs):
+            print(json.dumps(row), flush=True)
+            table.append(row)
+    best = {}
+    for every in args.sample_every:
+        for m in modes:
+            rows = [r for r in table if r["instance_only"] == m and r["sample_every_s"] == every]
+            precise = [r for r in rows if r["pair_precision"] >= args.min_precision] or rows
+            top = max(precise, key=lambda r: (r["idf1"], r["threshold"], r["merge_threshold"]))
+            name = f"{'instance_only' if m else 'pgr'}@{every:g}s"
+            best[name] = {k: top[k] for k in ("threshold", "merge_threshold", "idf1", "pair_precision")}
     return {
         "dataset": args.dataset,
         "split": "train",
         "minutes": args.minutes,
         "start_min": args.start,
-        "model": extractor.name,
+        "model": model,
         "crops": len(crops),
         "grid": table,
-        "best_threshold": best,
+        "best": best,
     }
+
+
+def run_search_trade(args) -> dict:
+    """What sampling (`reid.sample_every_s`) costs the operator's search: the test split's queries against
+    its gallery as indexed with every crop, and as indexed by the sampling re-ID stage (the gallery
+    replayed as camera streams, in frame order); progressive retrieval with the config's settings; index
+    rows and bytes stored per row (features of the feature store, thumbnail). Nothing is tuned here."""
+    import torch
+
+    from pgr.app.identity_features import replay_features
+    from pgr.app.pipeline import build_extractor
+    from reid.retrieval import GalleryFeatures, progressive_retrieval
+    from training.evaluate import evaluate_rank
+    from training.evaluate_model import rank_positions
+
+    settings = load_settings(args.config, check_models=False)
+    split = replay_crops(args.data, args.dataset, "test", args.track_gap)
+    extractor = build_extractor(settings.reid)
+    feats = replay_features([c.path for c in split], extractor, settings.reid.heads, maps=args.maps)
+    queries = [i for i, c in enumerate(split) if c.path.parent.name == "query"]
+    gallery = [i for i, c in enumerate(split) if c.path.parent.name != "query"]
+    q = GalleryFeatures.from_crop_features([feats[i] for i in queries])
+    params = RetrievalParams.from_settings(settings.matcher)
+    rows = []
+    for every in args.sample_every:
+        sampler = TrackSampler(every)
+        kept = [i for i in gallery if sampler.wants(crop_record(split[i], 0.0).detection)]
+        g = GalleryFeatures.from_crop_features([feats[i] for i in kept])
+        order = torch.cat(
+            [
+                progressive_retrieval(q.select(list(range(s, min(s + 64, len(q))))), g, params).indices
+                for s in range(0, len(q), 64)
+            ]
+        )
+        r = evaluate_rank(
+            rank_positions(order),
+            [split[i].pid for i in queries],
+            [split[i].pid for i in kept],
+            [split[i].camera for i in queries],
+            [split[i].camera for i in kept],
+        )
+        feature_bytes = np.mean(
+            [
+                sum(
+                    getattr(feats[i], k).nbytes
+                    for k in ("instance", "parts", "part_visibility", "pixels", "pixel_coords")
+                )
+                for i in kept
+            ]
+        )
+        rows.append(
+            {
+                "sample_every_s": every,
+                "index_rows": len(kept),
+                "rows_kept": round(len(kept) / len(gallery), 4),
+                "feature_kb_per_row": round(float(feature_bytes) / 1024, 1),
+                "thumbnail_kb_per_row": round(
+                    float(np.mean([split[i].path.stat().st_size for i in kept])) / 1024, 1
+                ),
+                **{k: round(v, 4) for k, v in r.row().items()},
+                "queries": r.num_valid_queries,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return {"dataset": args.dataset, "split": "test", "model": extractor.name, "rows": rows}
+
+
+def run_topology(args) -> int:
+    """Learn the camera topology from the TRAINING split and write it as a config over the default."""
+    from pgr.app.camera_topology import learn_topology, write_topology
+
+    crops = replay_crops(args.data, args.dataset, "train", args.track_gap)
+    topology = learn_topology(crops, margin_s=args.margin)
+    out = args.out or CONFIGS / f"identities_{args.dataset}.yaml"
+    write_topology(out, topology, args.dataset)
+    print(json.dumps(topology, indent=1))
+    print(f"written: {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgr.app.identity_eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("replay", "calibrate"):
+    for name in ("replay", "calibrate", "topology", "memory", "search"):
         p = sub.add_parser(name)
         p.add_argument("--dataset", choices=["dukemtmc", "market1501"], default="dukemtmc")
         p.add_argument("--data", type=Path, default=Path("data"))
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=CONFIGS / "embedded.yaml",
+            help="pipeline config (configs/identities_dukemtmc.yaml: the default with a camera topology)",
+        )
         p.add_argument("--minutes", type=float, help="replay only this many minutes of the stream")
         p.add_argument("--start", type=float, default=0.0, help="... from this many minutes in")
         p.add_argument("--track-gap", type=float, default=6.0, help="seconds that split a local track")
@@ -378,11 +684,62 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--bootstrap", required=True, help="Kafka broker HOST:PORT")
     replay.add_argument("--split", choices=["test", "train"], default="test")
     replay.add_argument("--speed", type=float, default=10.0, help="times real time")
-    replay.add_argument("--threshold", type=float, required=True, help="from `calibrate`")
+    replay.add_argument(
+        "--threshold", type=float, help="join threshold (default: the config's, from `calibrate`)"
+    )
+    replay.add_argument(
+        "--sample-every",
+        type=float,
+        default=0.0,
+        help="reid.sample_every_s: extract a track's crops this often",
+    )
+    sub.choices["topology"].add_argument(
+        "--margin", type=float, default=10.0, help="seconds off each least gap"
+    )
     calibrate = sub.choices["calibrate"]
-    calibrate.add_argument("--grid", type=float, nargs="+", default=[0.76, 0.80, 0.84, 0.88, 0.92, 0.95])
+    sub.choices["search"].add_argument("--sample-every", type=float, nargs="+", default=[0.0, 4.0])
+    for name in ("calibrate", "memory", "search"):
+        sub.choices[name].add_argument(
+            "--maps",
+            type=Path,
+            help="backbone map cache of the dataset (training.map_cache): only the heads run",
+        )
+    calibrate.add_argument("--grid", type=float, nargs="+", default=[0.60, 0.64, 0.68, 0.72, 0.76, 0.80])
+    calibrate.add_argument(
+        "--merge-delta",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="bridge merges at threshold + delta (1 or more: never)",
+    )
+    calibrate.add_argument(
+        "--sample-every",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="reid.sample_every_s values to compare (0: every crop)",
+    )
+    calibrate.add_argument(
+        "--modes", nargs="+", choices=["pgr", "instance"], default=["pgr", "instance"], help="matching"
+    )
+    calibrate.add_argument(
+        "--min-precision",
+        type=float,
+        default=0.9,
+        help="pick the best IDF1 among points with at least this pair precision (when there are any)",
+    )
+    calibrate.add_argument("--jobs", type=int, default=1, help="grid points run in parallel")
     args = parser.parse_args(argv)
-    result = run_replay(args) if args.command == "replay" else run_calibration(args)
+    if args.command == "topology":
+        return run_topology(args)
+    commands = {
+        "replay": run_replay,
+        "calibrate": run_calibration,
+        "memory": run_memory,
+        "search": run_search_trade,
+    }
+    run = commands[args.command]
+    result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -1,5 +1,5 @@
 """Wiring the stages from settings: the same plain functions run embedded (threads over an in-process bus)
-or as separate services over Kafka. Only the transport and the Milvus URI differ."""
+or as separate services over Kafka. Only the transport and the index (embedded, or Milvus by URI) differ."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ from ingest.service import run_ingest
 from matcher.feature_store import FeatureStore
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore
-from matcher.index import DetectionIndex
 from matcher.index_check import check_rows_against_files
+from matcher.open_index import open_index
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
-from pgr.consume_loop import consume_loop
+from matcher.tombstones import Tombstones
+from pgr.consume_loop import LagReporter, consume_loop
 from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
 from reid.extractor import FeatureExtractor, ImageNetMobileNetV2Extractor
 from reid.retrieval import RetrievalParams
+from reid.sampling import TrackSampler
 from reid.service import ReidWorker
 
 log = logging.getLogger(__name__)
@@ -122,10 +124,19 @@ def run_reid_stage(
     """Consume crops, publish features, until stopped (or drained once upstream is done)."""
     extractor = extractor or build_extractor(settings.reid)
     producer = transport.producer()
-    worker = ReidWorker(extractor, producer, settings.topics.features, settings.topics.dead_letter, metrics)
+    sampler = TrackSampler(settings.reid.sample_every_s) if settings.reid.sample_every_s > 0 else None
+    topics = settings.topics
+    worker = ReidWorker(extractor, producer, topics.features, topics.dead_letter, metrics, sampler)
     consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
     try:
-        consume_loop(consumer, worker.handle, stop, upstream_done, max_records=settings.reid.batch_size)
+        consume_loop(
+            consumer,
+            worker.handle,
+            stop,
+            upstream_done,
+            max_records=settings.reid.batch_size,
+            lag=LagReporter(metrics, "reid"),
+        )
     finally:
         producer.close()
 
@@ -142,13 +153,14 @@ def run_matcher_stage(
     its dimension, and records their model, from the configured extractor, never from the first record."""
     m = settings.matcher
     model, dim = model_signature(extractor or build_extractor(settings.reid), settings.reid)
-    index = DetectionIndex(m.milvus_uri, m.collection, dim=dim, token=milvus_token(settings))
+    index = open_index(m, dim=dim, model=model, token=milvus_token(settings))
     try:
         check_rows_against_files(index, m.thumbnails_dir, slack=m.batch_size)
     except Exception:
         index.close()
         raise
     producer = transport.producer()
+    tombstones = Tombstones(m.identity_store_path)  # erasures on request, identities on or off
     store = IdentityStore(m.identity_store_path) if m.identities.enabled else None
     identities = None
     if store is not None:
@@ -165,6 +177,8 @@ def run_matcher_stage(
         metrics,
         model=model,
         identities=identities,
+        tombstones=tombstones,
+        stop=stop,
     )
     consumer = transport.consumer([settings.topics.features], group(settings, "matcher"))
     try:
@@ -176,10 +190,12 @@ def run_matcher_stage(
             max_records=m.batch_size,
             tick=worker.tick,
             finish=worker.finish,
+            lag=LagReporter(metrics, "matcher"),
         )
     finally:
         producer.close()
         index.close()
+        tombstones.close()
         if store is not None:
             store.close()
 

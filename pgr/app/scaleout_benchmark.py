@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from pgr.app.local_services import free_port, start_milvus_server, start_noida, stop_service
+from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS, assets_dir
 from pgr.settings import load_settings
@@ -274,13 +274,13 @@ def run_scaleout(
     from pgr.app.benchmark import _machine
 
     work = Path(tempfile.mkdtemp(prefix="pgr-scaleout-"))
-    services = []
+    broker, milvus = None, None
     tag = f"scale{int(time.time())}"
     try:
         if bootstrap is None:
             port = free_port()
             (work / "broker").mkdir()
-            services.append(start_noida(port, work / "broker"))
+            broker = start_noida(port, work / "broker")
             bootstrap = f"127.0.0.1:{port}"
         source = f"{tag}.crops"
         n = ingest_crops(work, bootstrap, source, seconds)
@@ -291,10 +291,9 @@ def run_scaleout(
             for k in workers:
                 reid.append(reid_run(work, bootstrap, crops, k, t, tag))
                 print(reid[-1], flush=True)
-        milvus_port = free_port()
-        services.append(start_milvus_server(milvus_port, work / "milvus"))
+        milvus = MilvusLiteServer(work / "milvus").start()
         features = topic_records(bootstrap, reid[0]["topic"])
-        server = f"http://127.0.0.1:{milvus_port}"
+        server = milvus.uri
         matchers = [
             matcher_run(work, bootstrap, features, str(work / "lite.db"), "file", tag),
             matcher_run(work, bootstrap, features, server, "server", tag),
@@ -302,8 +301,10 @@ def run_scaleout(
         for m in matchers:
             print(m, flush=True)
     finally:
-        for s in reversed(services):
-            stop_service(s)
+        if milvus is not None:
+            milvus.stop()
+        if broker is not None:
+            stop_noida(broker)
     shutil.rmtree(work, ignore_errors=True)  # kept when a step failed: its logs are there
     return {
         "machine": _machine(),

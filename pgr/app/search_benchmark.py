@@ -4,12 +4,12 @@ Indexing:  python -m pgr.app.search_benchmark index [--video FILE] [--out FILE.j
     `pgr index` (the function behind it) on a video into a fresh index with the default config: frames
     sampled, detections, wall time, frames/s and seconds of video per second.
 Search:    python -m pgr.app.search_benchmark search --rows 10000 100000 [--queries 30] [--out FILE.json]
-    Latency through the API (TestClient: multipart upload, decode, embed, Milvus, progressive re-ranking,
-    JSON), median and p95, at each index size. The index holds the detections of a real clip (PETS 2009,
-    first 60 frames) plus SYNTHETIC rows up to the size: each a real detection's instance vector with
-    Gaussian noise (renormalised), a random camera of 4 and a random time in 30 days, and that
-    detection's real part/pixel features (a hard link to its .npz), so the re-ranking loads real files.
-    Queries are real crops of the clip.
+    Latency through the API (TestClient: multipart upload, decode, embed, the index, progressive
+    re-ranking, JSON), median and p95, at each index size. The index holds the detections of a real clip
+    (PETS 2009, first 60 frames) plus SYNTHETIC rows up to the size: each a real detection's instance
+    vector with Gaussian noise (renormalised), a random camera of 4 and a random time in 30 days, and that
+    detection's real part/pixel features (copied in the feature store). Queries are real crops of the clip.
+    (Stage 1 and the whole search at a million rows, without HTTP: `pgr bench index|search`.)
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ def _config(folder: Path) -> Settings:
         "base": str(CONFIGS / "embedded.yaml"),
         "cameras": [],
         "matcher": {
-            "milvus_uri": str(folder / "pgr.db"),
             "thumbnails_dir": str(folder / "thumbnails"),
             "features_dir": str(folder / "features"),
         },
@@ -79,20 +78,25 @@ def bench_index(video: Path) -> dict:
 
 def _grow(settings: Settings, rows: int, model: str, seed: int = 0) -> None:
     """Fill the index up to `rows` with synthetic rows derived from the real ones (see the module doc)."""
-    from matcher.detection_files import detection_path
-    from matcher.index import DetectionIndex, IndexRow
+    from matcher.feature_store import FeatureStore
+    from matcher.index import IndexRow
+    from matcher.open_index import open_index
     from pgr.messages import Detection
 
     m = settings.matcher
-    index = DetectionIndex(m.milvus_uri, m.collection)
+    index = open_index(m)
     real = index.get(index.all_ids())
     vectors = {d.detection_id: index.vector(d.detection_id) for d in real}
-    index = _reopen(index, settings)
+    dim = index.dim
+    index.close()
+    index = open_index(m, dim=dim, model=model)
+    features = FeatureStore(m.feature_store_dir)
+    stored = {d.detection_id: features.load(d.camera_id, d.detection_id) for d in real}
     rng = np.random.default_rng(seed)
-    have, batch = index.count(), []
+    have, batch, crops = index.count(), [], []
     for n in range(have, rows):
         src = real[n % len(real)]
-        v = vectors[src.detection_id] + rng.normal(0, 0.03, size=index.dim).astype(np.float32)
+        v = vectors[src.detection_id] + rng.normal(0, 0.03, size=dim).astype(np.float32)
         cam = f"syn{n % 4}"
         det = Detection(
             detection_id=f"{cam}:synthetic:{n}:t{n}",
@@ -103,31 +107,21 @@ def _grow(settings: Settings, rows: int, model: str, seed: int = 0) -> None:
             box=src.box,
             score=0.9,
         )
-        target = detection_path(m.feature_store_dir, cam, det.detection_id, ".npz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            os.link(detection_path(m.feature_store_dir, src.camera_id, src.detection_id, ".npz"), target)
         batch.append(IndexRow(det, src.thumbnail, model, v / np.linalg.norm(v)))
-        if len(batch) == 2000:
+        if stored[src.detection_id] is not None:
+            crops.append((det.detection_id, stored[src.detection_id]))
+        if len(batch) == 2000 or n == rows - 1:
+            features.save_many(crops)
             index.upsert(batch)
-            batch = []
-    index.upsert(batch)
+            batch, crops = [], []
     index.close()
-
-
-def _reopen(index, settings: Settings):
-    from matcher.index import DetectionIndex
-
-    dim = index.dim
-    index.close()
-    return DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection, dim=dim)
 
 
 def bench_search(sizes: list[int], queries: int) -> list[dict]:
     """API search latency at each index size (ascending), `queries` uploads each."""
     from fastapi.testclient import TestClient
 
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
     from pgr.app.indexing import index_files
     from pgr.app.pipeline import build_extractor
     from pgr.app.web.app import create_app
@@ -139,7 +133,7 @@ def bench_search(sizes: list[int], queries: int) -> list[dict]:
         settings = _config(Path(tmp) / "var")
         extractor = build_extractor(settings.reid)
         index_files(settings, [clip], "gate", extractor, start=1.7e9, bars=False)
-        index = DetectionIndex(settings.matcher.milvus_uri)
+        index = open_index(settings.matcher)
         crops = [Path(d.thumbnail).read_bytes() for d in index.get(index.all_ids())]
         index.close()
         UserStore(settings.users_file).set("bench", "bench password", "viewer")

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from matcher.feature_store import FeatureStore
-from matcher.index import DetectionIndex
+from matcher.open_index import open_index
 from matcher.thumbnails import ThumbnailStore
 from pgr.app.pipeline import build_extractor, milvus_token
 from pgr.app.web.audit import AuditLog
@@ -48,17 +48,17 @@ def create_app(
     settings: Settings, extractor: FeatureExtractor | None = None, retention_thread: bool = True
 ) -> FastAPI:
     """The app for these settings; it opens the index now and closes it at shutdown. With
-    `retention_thread` it applies the retention period at start and every `serve.retention_check_s`."""
+    `retention_thread` it applies the retention periods at start and every `serve.retention_check_s`."""
     m = settings.matcher
     state = AppState(
         settings=settings,
-        index=DetectionIndex(m.milvus_uri, m.collection, token=milvus_token(settings)),
+        index=open_index(m, token=milvus_token(settings)),
         thumbnails=ThumbnailStore(m.thumbnails_dir),
         features=FeatureStore(m.feature_store_dir),
         extractor=extractor or build_extractor(settings.reid),
         params=RetrievalParams.from_settings(m),
         users=UserStore(settings.users_file),
-        sessions=Sessions(settings.serve.session_hours),
+        sessions=Sessions(settings.serve.session_hours, settings.sessions_file),
         audit=AuditLog(settings.audit_log),
     )
     if state.users.count() == 0:
@@ -68,7 +68,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         thread = None
-        if retention_thread and settings.serve.retention_days is not None:
+        if retention_thread and state.retention().applies:
 
             def loop() -> None:
                 while True:
@@ -89,6 +89,7 @@ def create_app(
                 thread.join(timeout=30)
             with state.lock:
                 state.index.close()
+            state.sessions.close()
 
     app = FastAPI(
         title="PGR re-ID operator search",

@@ -4,16 +4,19 @@ Accounts live in a JSON file (`pgr user NAME --role admin|viewer`, password on s
 A login gives a random session token, as an HttpOnly SameSite=Strict cookie for the page and in the
 response body for API clients (`Authorization: Bearer TOKEN`). A request that changes something (POST,
 DELETE) authenticated by the cookie must also carry the session's CSRF token in `X-CSRF-Token`: another
-site can make a browser send the cookie, never read the token. Sessions are held in memory: a restart logs
-everyone out.
+site can make a browser send the cookie, never read the token. Sessions are kept in `serve.sessions_file`
+(SQLite; token hashes only), so a restarted server keeps everyone logged in; `pgr user NAME --delete` or a
+role change logs that account out.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -100,31 +103,59 @@ class UserStore:
 
 
 class Sessions:
-    """Logged-in sessions by token, each with its CSRF token and expiry."""
+    """Logged-in sessions by token, each with its CSRF token and expiry, in a SQLite file: a restarted
+    server keeps them. The file holds each token's SHA-256, never the token (reading it logs no one in)."""
 
-    def __init__(self, hours: float) -> None:
+    def __init__(self, hours: float, path: Path | str = ":memory:") -> None:
         self.seconds = hours * 3600
-        self._by_token: dict[str, Session] = {}
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        if str(path) != ":memory:":
+            os.chmod(path, 0o600)
+        self.db.executescript(
+            "CREATE TABLE IF NOT EXISTS sessions (token TEXT PRIMARY KEY, user TEXT NOT NULL, "
+            "role TEXT NOT NULL, csrf TEXT NOT NULL, expires REAL NOT NULL)"
+        )
         self._lock = threading.Lock()
 
     def start(self, user: User) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
         session = Session(user, secrets.token_urlsafe(32), time.time() + self.seconds)
-        with self._lock:
-            self._by_token = {t: s for t, s in self._by_token.items() if s.expires > time.time()}
-            self._by_token[token] = session
+        with self._lock, self.db:
+            self.db.execute("DELETE FROM sessions WHERE expires <= ?", (time.time(),))
+            self.db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                (_digest(token), user.name, user.role, session.csrf, session.expires),
+            )
         return token, session
 
     def get(self, token: str | None) -> Session | None:
         if not token:
             return None
         with self._lock:
-            session = self._by_token.get(token)
-        return session if session is not None and session.expires > time.time() else None
+            row = self.db.execute(
+                "SELECT user, role, csrf, expires FROM sessions WHERE token = ?", (_digest(token),)
+            ).fetchone()
+        if row is None or row[3] <= time.time():
+            return None
+        return Session(User(row[0], row[1]), row[2], row[3])
 
     def end(self, token: str | None) -> None:
-        with self._lock:
-            self._by_token.pop(token or "", None)
+        with self._lock, self.db:
+            self.db.execute("DELETE FROM sessions WHERE token = ?", (_digest(token or ""),))
+
+    def end_user(self, name: str) -> int:
+        """Log one account out everywhere (its account was removed or its role changed); returns how many."""
+        with self._lock, self.db:
+            return self.db.execute("DELETE FROM sessions WHERE user = ?", (name,)).rowcount
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class LoginThrottle:

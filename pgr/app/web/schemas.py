@@ -107,10 +107,26 @@ class Erased(BaseModel):
     not_found: list[str]
 
 
+class IdentityErasure(BaseModel):
+    reason: str = Field(min_length=1, max_length=500, description="why (the request's reference): audited")
+
+
+class IdentityErasureOut(BaseModel):
+    identity_id: str
+    request: int = Field(description="the erasure's number in the ledger of tombstones")
+    tracklets: int = Field(description="tracklets deleted (every segment of the identity's local tracks)")
+    identities: list[str] = Field(
+        description="identities deleted: this one, and any other left without tracklets by it"
+    )
+    events: int = Field(description="identity events deleted")
+    detections: int = Field(description="detections deleted (index row, thumbnail and features each)")
+
+
 class CameraStatus(BaseModel):
     id: str
     detections: int
     files: int = Field(description="files indexed for it with `pgr index`")
+    retention_days: float | None = Field(description="how long its detections are kept (null: until erased)")
 
 
 class Status(BaseModel):

@@ -8,12 +8,13 @@ import time
 from dataclasses import dataclass, field
 
 from matcher.feature_store import FeatureStore
-from matcher.index import DetectionIndex
-from matcher.retention import purge_expired
+from matcher.open_index import AnyIndex
+from matcher.retention import Retention, purge_expired
 from matcher.thumbnails import ThumbnailStore
 from pgr.app.indexing import IndexedFile, load_state
 from pgr.app.web.audit import AuditLog
 from pgr.app.web.auth import LoginThrottle, Sessions, UserStore
+from pgr.metrics import ServeMetrics
 from pgr.settings import Settings
 from reid.extractor import FeatureExtractor
 from reid.retrieval import RetrievalParams
@@ -27,7 +28,7 @@ class AppState:
     re-entrant and a milvus-lite file has one client)."""
 
     settings: Settings
-    index: DetectionIndex
+    index: AnyIndex
     thumbnails: ThumbnailStore
     features: FeatureStore
     extractor: FeatureExtractor
@@ -36,6 +37,7 @@ class AppState:
     sessions: Sessions
     audit: AuditLog
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    metrics: ServeMetrics = field(default_factory=ServeMetrics)
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_purge: dict = field(default_factory=dict)
 
@@ -48,16 +50,43 @@ class AppState:
         ids = {c.id for c in self.settings.cameras} | {f.camera for f in self.indexed_files().values()}
         return sorted(ids)
 
+    def retention(self) -> Retention:
+        """The configured retention: serve.retention_days, overridden per camera."""
+        return Retention.from_settings(self.settings.serve)
+
     def purge(self, user: str = "retention") -> int:
-        """Apply the retention period now (audited); returns how many detections were deleted."""
-        days = self.settings.serve.retention_days
-        if days is None:
+        """Apply the retention periods now (audited); returns how many detections were deleted."""
+        retention = self.retention()
+        if not retention.applies:
             return 0
         now = time.time()
+        cutoffs = retention.cutoffs(now)
         with self.lock:
-            deleted = purge_expired(self.index, self.thumbnails, self.features, now, days)
-        self.last_purge = {"time": now, "deleted": deleted}
-        self.audit.append(user, "retention", retention_days=days, cutoff=now - days * 86400, deleted=deleted)
-        if deleted:
-            log.info("retention: deleted %d detections seen more than %g days ago", deleted, days)
-        return deleted
+            purged = purge_expired(
+                self.index,
+                self.thumbnails,
+                self.features,
+                now,
+                retention,
+                self.settings.matcher.identity_store_path,
+            )
+        self.last_purge = {"time": now, "deleted": purged.detections, "tracklets": purged.tracklets}
+        self.audit.append(
+            user,
+            "retention",
+            retention_days=retention.days,
+            retention_days_by_camera=retention.by_camera,
+            cutoff=cutoffs.default,
+            cutoffs_by_camera=cutoffs.cameras,
+            deleted=purged.detections,
+            tracklets=purged.tracklets,
+            identities=purged.identities,
+            kept_crops=purged.crops,
+        )
+        if purged.detections or purged.tracklets:
+            log.info(
+                "retention: deleted %d detections and %d tracklets past their retention period",
+                purged.detections,
+                purged.tracklets,
+            )
+        return purged.detections

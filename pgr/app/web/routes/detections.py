@@ -20,8 +20,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from matcher.detection_files import safe_name
+from matcher.erasure import erase_detections
 from matcher.index import IndexedDetection
-from matcher.retention import erase
 from pgr.app.indexing import IndexedFile, stills_in
 from pgr.app.web.auth import AdminUser, CurrentUser
 from pgr.app.web.schemas import DetectionOut, Erased, Erasure, IdList
@@ -152,7 +152,8 @@ def _cell(text: str) -> str:
 
 @router.delete("/detections/{det_id}", response_model=Erased)
 def erase_one(request: Request, det_id: DetectionId, user: AdminUser) -> Erased:
-    """Erase one detection: its index row, thumbnail and features (admin; audited)."""
+    """Erase one detection: its index row, thumbnail and features, for good: a replay of its record is
+    dropped (admin; audited)."""
     return _erase(request, [det_id], user.name, "single detection")
 
 
@@ -166,8 +167,9 @@ def erase_many(request: Request, body: Erasure, user: AdminUser) -> Erased:
 def _erase(request: Request, ids: list[str], who: str, reason: str) -> Erased:
     state = request.app.state.pgr
     with state.lock:
-        found = state.index.get(ids)
-        erase(state.index, state.thumbnails, state.features, found)
+        found = erase_detections(
+            state.settings.matcher.identity_store_path, state.index, state.thumbnails, state.features, ids
+        )
     gone = {d.detection_id for d in found}
     result = Erased(erased=[i for i in ids if i in gone], not_found=[i for i in ids if i not in gone])
     state.audit.append(

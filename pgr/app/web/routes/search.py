@@ -4,6 +4,7 @@ query expansion), filtered by cameras and time, paged. Every search is audited."
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request, UploadFile, status
@@ -63,7 +64,7 @@ def search(
 ) -> SearchResult:
     """Ranked detections most like the query: an uploaded person image, indexed detections (`query_ids`),
     or both; with several query crops each detection counts at its best score (query expansion)."""
-    state = request.app.state.pgr
+    state, started = request.app.state.pgr, time.perf_counter()
     if image is None and not query_ids:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give an image or query_ids")
     if len(query_ids) > MAX_QUERY_IDS:
@@ -120,6 +121,7 @@ def search(
         result_count=len(hits),
         total=len(fused),
     )
+    state.metrics.search_latency.observe(time.perf_counter() - started)
     return SearchResult(results=hits, total=len(fused), page=page, page_size=page_size, queries=len(queries))
 
 

@@ -19,12 +19,21 @@ def system_status(request: Request, user: CurrentUser) -> Status:
     state = request.app.state.pgr
     files = Counter(f.camera for f in state.indexed_files().values())
     cameras = state.cameras()
+    retention = state.retention()
     with state.lock:
         total = state.index.count()
         counts = state.index.count_by_camera(cameras)
     return Status(
         detections=total,
-        cameras=[CameraStatus(id=c, detections=counts[c], files=files[c]) for c in cameras],
+        cameras=[
+            CameraStatus(
+                id=c,
+                detections=counts[c],
+                files=files[c],
+                retention_days=retention.days_of(c),
+            )
+            for c in cameras
+        ],
         model=state.extractor.name,
         retention_days=state.settings.serve.retention_days,
         last_purge=state.last_purge,

@@ -45,8 +45,10 @@ async function showSearch(me) {
   for (const cam of status.cameras) {
     box.append(el("label", {}, el("input", { type: "checkbox", value: cam.id, name: "camera" }), ` ${cam.id} (${cam.detections})`));
   }
+  const kept = (days) => (days ? `kept ${days} days` : "kept until erased");
+  const own = status.cameras.filter((c) => c.retention_days !== status.retention_days).map((c) => `${c.id} ${kept(c.retention_days)}`);
   $("status-line").textContent = `${status.detections} detections indexed; model ${status.model}; ` +
-    (status.retention_days ? `kept ${status.retention_days} days` : "kept until erased");
+    kept(status.retention_days) + (own.length ? ` (${own.join(", ")})` : "");
 }
 
 async function start() {
@@ -149,6 +151,7 @@ function renderConfirmed() {
   $("confirmed-count").textContent = String(state.confirmed.size);
   const none = state.confirmed.size === 0;
   $("export-button").disabled = none; $("expand-button").disabled = none; $("erase-button").disabled = none;
+  $("erase-identity-button").disabled = none;
 }
 
 async function openFrame(hit) {
@@ -188,6 +191,32 @@ $("erase-button").addEventListener("click", async () => {
     })).json();
     state.confirmed.clear(); renderConfirmed();
     $("summary").textContent = `${result.erased.length} detections erased.`; $("results").replaceChildren();
+  } catch (e) { $("search-error").textContent = e.message; }
+});
+
+$("erase-identity-button").addEventListener("click", async () => {
+  $("search-error").textContent = "";
+  try {
+    const identities = new Set();
+    for (const id of state.confirmed.keys()) {
+      try {
+        identities.add((await (await api(`/api/detections/${encodeURIComponent(id)}/identity`)).json()).identity_id);
+      } catch (e) { if (e.status !== 404) throw e; }
+    }
+    if (!identities.size) { $("search-error").textContent = "The confirmed detections belong to no identity (the matcher has not linked them)."; return; }
+    const names = [...identities].join(", ");
+    const reason = prompt(`Erase everything stored about ${identities.size === 1 ? "identity" : "identities"} ${names} (their tracklets, and every detection of their tracks: index, crops, features) for good? Give the request's reference:`);
+    if (!reason) return;
+    let detections = 0;
+    for (const ident of identities) {
+      const result = await (await api(`/api/identities/${encodeURIComponent(ident)}/erasure`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason }),
+      })).json();
+      detections += result.detections;
+    }
+    state.confirmed.clear(); renderConfirmed();
+    $("summary").textContent = `${identities.size} ${identities.size === 1 ? "identity" : "identities"} erased: ${detections} detections.`;
+    $("results").replaceChildren();
   } catch (e) { $("search-error").textContent = e.message; }
 });
 

@@ -1,0 +1,76 @@
+"""Which crops of a tracked person the re-ID stage extracts: with `reid.sample_every_s` = S > 0, a local
+track's first crop and then its first crop at least S seconds (stream time) after the last one extracted;
+the crops between are not extracted, not published and not indexed (counted as sampled out). Untracked
+detections are always extracted.
+
+Why: a tracklet's identity needs a few good views, not every frame; extraction is the pipeline's costly
+step (RESULTS.md, IDENTITIES: the storage, search and identity trade of S, measured). The rule decides at
+arrival, from the crop alone, so nothing waits in memory uncommitted (at-least-once delivery holds), and a
+redelivered crop gets the decision it got before (the last `REMEMBERED` decisions of each track are kept).
+With S below the matcher's `end_gap_s`, a tracklet's extracted crops stay close enough that the matcher
+never ends it early.
+
+>>> sampler = TrackSampler(every_s=4.0)
+>>> sampler.wants(detection)  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgr.messages import Detection, track_key
+
+REMEMBERED = 64  # decisions per track kept for redelivery (more than an uncommitted batch holds)
+
+
+@dataclass
+class _Track:
+    last_extracted: float
+    last_seen: float
+    decided: dict[str, bool] = field(default_factory=dict)  # detection id -> extracted, oldest first
+
+
+class TrackSampler:
+    """The sampling rule's state: per live track, when its last extracted crop was seen."""
+
+    def __init__(self, every_s: float, forget_s: float = 300.0) -> None:
+        self.every_s, self.forget_s = every_s, forget_s
+        self.tracks: dict[str, _Track] = {}
+        self.newest: dict[str, float] = {}  # camera -> newest stream time seen
+        self.calls = 0
+
+    def wants(self, det: Detection) -> bool:
+        """Whether to extract this crop (and remember the decision)."""
+        if self.every_s <= 0 or det.track_id < 0:
+            return True
+        self._forget(det)
+        key = track_key(det)
+        t = self.tracks.get(key)
+        if t is not None and det.detection_id in t.decided:
+            return t.decided[det.detection_id]  # redelivered: the same answer
+        # first crop, S seconds on, or a clock that went back (a camera reboot): extract
+        wanted = t is None or abs(det.timestamp - t.last_extracted) >= self.every_s
+        if t is None:
+            t = self.tracks[key] = _Track(det.timestamp, det.timestamp)
+        if wanted:
+            t.last_extracted = det.timestamp
+        t.last_seen = max(t.last_seen, det.timestamp)
+        t.decided[det.detection_id] = wanted
+        if len(t.decided) > REMEMBERED:
+            del t.decided[next(iter(t.decided))]
+        return wanted
+
+    def _forget(self, det: Detection) -> None:
+        """Drop tracks not seen for `forget_s` of their camera's stream time (bounded memory)."""
+        cam = det.camera_id
+        self.newest[cam] = max(self.newest.get(cam, det.timestamp), det.timestamp)
+        self.calls += 1
+        if self.calls % 1024:
+            return
+        for key in [k for k, t in self.tracks.items() if self._stale(k, t)]:
+            del self.tracks[key]
+
+    def _stale(self, key: str, t: _Track) -> bool:
+        cam = key.split(":", 1)[0]
+        return self.newest.get(cam, t.last_seen) - t.last_seen > self.forget_s
