@@ -24,14 +24,13 @@ from matcher.retention import DAY, Retention, purge_expired
 from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones, track_of
-from pgr.messages import track_key
 from pgr.app.cli import main as pgr_main
 from pgr.app.indexing import index_files, load_state, save_state
 from pgr.app.pipeline import build_extractor, model_signature, run_ingest_stage, run_reid_stage
 from pgr.app.web.app import create_app
 from pgr.app.web.audit import AuditLog
 from pgr.app.web.auth import UserStore
-from pgr.messages import decode_feature, encode_feature
+from pgr.messages import decode_feature, encode_feature, track_key
 from pgr.metrics import PipelineMetrics, counter_total
 from pgr.settings import load_settings
 from pgr.transport import InProcessBus
@@ -276,9 +275,7 @@ def test_a_running_matcher_forgets_an_erased_identity_and_a_replay_brings_nothin
     assert erased.detections == sum(1 for r in first if track_key(r.detection) == key) > 0
     # overwritten on the disk while the matcher holds the file open: no copy in the file or its log
     disk = _disk_bytes(store_path)
-    assert not any(
-        _quoted(r.detection.detection_id) in disk for r in first if track_key(r.detection) == key
-    )
+    assert not any(_quoted(r.detection.detection_id) in disk for r in first if track_key(r.detection) == key)
     with pytest.raises(UnknownIdentity, match="was erased"):
         erase_identity(store_path, *matcher.stores, ident)
 
