@@ -421,6 +421,7 @@ def test_a_bridging_tracklet_merges_two_identities(pets, tmp_path):
 
     def run(path: Path, stream: list[FeatureRecord], **changes) -> tuple[IdentityStore, list[IdentityEvent]]:
         store, bus = IdentityStore(path), InProcessBus(10**6)
+        changes = {"merge_threshold": None, **changes}  # bridge merges at the join threshold
         service = _bus_service(settings, store, bus, threshold=threshold, min_crops=100, **changes)
         _feed(service, stream)
         service.finish()
