@@ -43,8 +43,8 @@ from reid.similarity import s_ins
 class IdentityParams:
     """How tracklets become identities (matcher.identities in the config)."""
 
-    threshold: float = 0.92
-    merge_threshold: float | None = None  # bridge merges at or above this (None: `threshold`)
+    threshold: float = 0.78
+    merge_threshold: float | None = 0.80  # bridge merges at or above this (None: `threshold`)
     window_s: float = 1800.0
     candidates: int = 5
     instance_only: bool = False
@@ -91,24 +91,35 @@ class IdentityBook:
     def _overlapping(self, a: str, b: str) -> bool:
         return any(a in g and b in g for g in self.params.overlapping)
 
-    def candidates(self, t: Tracklet) -> list[str]:
-        """Identities seen within the window before T, without a conflict with T (T's own included)."""
-        since = t.first_seen - self.params.window_s
+    def in_window(self, t: Tracklet) -> list[str]:
+        """Identities with a tracklet (other than T) seen within the window before T, sorted."""
+        since, tid = t.first_seen - self.params.window_s, t.tracklet_id
         out = []
         for ident, members in self.members.items():
-            seen = [self.tracklets[m] for m in members if m != t.tracklet_id]
-            if seen and max(m.last_seen for m in seen) >= since and not self.conflicts(t, ident):
+            last = max((self.tracklets[m].last_seen for m in members if m != tid), default=-np.inf)
+            if last >= since:
                 out.append(ident)
         return sorted(out)
 
-    def scores(self, t: Tracklet, identities: list[str]) -> dict[str, float]:
-        """T's match score against each identity (see the module docstring)."""
+    def candidates(self, t: Tracklet) -> list[str]:
+        """Identities seen within the window before T, without a conflict with T (T's own included)."""
+        return [i for i in self.in_window(t) if not self.conflicts(t, i)]
+
+    def scores(self, t: Tracklet, identities: list[str], check_conflicts: bool = False) -> dict[str, float]:
+        """T's match score against each identity (see the module docstring); with `check_conflicts`, the
+        identities in conflict with T are left out (checked in stage-0 order, only until `candidates`
+        are found: the same outcome as filtering them all first, for a fraction of the checks)."""
         if not identities:
             return {}
         feats = np.stack([self._sum_without(i, t.tracklet_id) for i in identities])
         feats = (feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)).astype(np.float32)
         stage0 = s_ins(torch.from_numpy(t.feature), torch.from_numpy(feats)).numpy()
-        top = [identities[i] for i in np.argsort(-stage0, kind="stable")[: self.params.candidates]]
+        top: list[str] = []
+        for i in np.argsort(-stage0, kind="stable"):
+            if len(top) == self.params.candidates:
+                break
+            if not (check_conflicts and self.conflicts(t, identities[i])):
+                top.append(identities[i])
         crops, owners = [], []
         for ident in top:
             kept = [c for m in self.members[ident] if m != t.tracklet_id for c in self.tracklets[m].best]
@@ -157,7 +168,7 @@ class IdentityBook:
     def decide(self, t: Tracklet, ended: bool, now: float) -> list[IdentityEvent]:
         """Match T (long enough, or ended) and apply the outcome; returns the events, in order."""
         self.tracklets[t.tracklet_id] = t
-        scores = self.scores(t, self.candidates(t))
+        scores = self.scores(t, self.in_window(t), check_conflicts=True)
         best = max(scores, key=lambda i: (scores[i], i)) if scores else None
         joined = best is not None and scores[best] >= self.params.threshold
         t.decided = True

@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, identity_id TEXT NOT
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# a tracklet's row; its kept crops' features are written only when they changed (else NULL keeps them)
+_UPSERT = """
+INSERT INTO tracklets VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(tracklet_id) DO UPDATE SET
+    identity_id = excluded.identity_id, first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+    n_crops = excluded.n_crops, thumbnail = excluded.thumbnail, meta = excluded.meta,
+    feature = excluded.feature, crops = COALESCE(excluded.crops, tracklets.crops)
+"""
+
 
 class IdentityStore:
     """One SQLite file; one writer (the matcher) and any number of readers."""
@@ -96,7 +104,7 @@ class IdentityStore:
                     "best": [[c.detection_id, c.timestamp, c.quality, c.thumbnail] for c in t.best],
                 }
                 self.db.execute(
-                    "INSERT OR REPLACE INTO tracklets VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    _UPSERT,
                     (
                         tid,
                         t.camera_id,
@@ -107,9 +115,10 @@ class IdentityStore:
                         t.thumbnail,
                         json.dumps(meta),
                         t.feature_sum.astype(np.float64).tobytes(),
-                        features_to_bytes(t.best) if t.best else None,
+                        features_to_bytes(t.best) if t.best and t.best_changed else None,
                     ),
                 )
+                t.best_changed = False
             for ident in {e.identity_id for e in events}:  # ownership moves with merges and moves
                 self.db.executemany(
                     "UPDATE tracklets SET identity_id = ? WHERE tracklet_id = ?",

@@ -88,6 +88,7 @@ class Tracklet:
     ended: bool = False
     decided: bool = False  # matched at least once
     _feature: np.ndarray | None = field(default=None, repr=False, compare=False)
+    best_changed: bool = field(default=True, repr=False, compare=False)  # since the store last wrote it
 
     @property
     def feature(self) -> np.ndarray:
@@ -118,6 +119,7 @@ class Tracklet:
             return  # a model without parts/pixels: the tracklet feature is all there is
         kept = KeptCrop(det.detection_id, det.timestamp, quality, thumbnail, rec.crop_features())
         self.best = sorted([*self.best, kept], key=lambda c: (-c.quality, c.detection_id))[:keep_best]
+        self.best_changed = self.best_changed or kept in self.best
 
 
 class TrackletBook:

@@ -201,17 +201,19 @@ class IdentitySettings(StrictModel):
         1800.0, gt=0, description="identities seen this long before a tracklet are candidates"
     )
     threshold: float = Field(
-        0.92,
+        0.78,
         ge=0,
         le=1,
-        description="join at or above this score, else found (RESULTS.md: calibrated on the DukeMTMC-reID "
-        "training replay; recalibrate for other heads with python -m pgr.app.identity_eval calibrate)",
+        description="join at or above this score, else found (RESULTS.md IDENTITIES: calibrated for the "
+        "default model on the DukeMTMC-reID training replay; recalibrate: python -m pgr.app.identity_eval "
+        "calibrate)",
     )
     merge_threshold: float | None = Field(
-        None,
+        0.80,
         ge=0,
         le=1,
-        description="a tracklet that matches two identities at or above this merges them (None: threshold)",
+        description="a tracklet that matches two identities at or above this merges them (None: threshold; "
+        "calibrated with threshold)",
     )
     instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
     candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")

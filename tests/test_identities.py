@@ -111,8 +111,12 @@ def test_matcher_stage_forms_identities_and_answers_queries(pets, tmp_path, caps
     created = {e.identity_id for e in events if e.kind == "created"}
     owners = {i for (i,) in store.db.execute("SELECT identity_id FROM tracklets")}
     assert owners <= created
-    ended = [e.tracklet_id for e in events if e.ended]
-    assert sorted(ended) == sorted(set(ended)) and len(ended) == n_tracklets
+    ended = [e for e in events if e.ended]  # one decision at the end (a join and the merges it bridges)
+    assert len({e.tracklet_id for e in ended}) == n_tracklets
+    for tid in {e.tracklet_id for e in ended}:
+        seqs = [e.seq for e in ended if e.tracklet_id == tid]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (tid, seqs)
+        assert all(e.kind == "merged" for e in ended if e.tracklet_id == tid and e.seq != seqs[0])
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert store.events() == events
     # one person on one camera is never in two places at once
@@ -421,6 +425,7 @@ def test_a_bridging_tracklet_merges_two_identities(pets, tmp_path):
 
     def run(path: Path, stream: list[FeatureRecord], **changes) -> tuple[IdentityStore, list[IdentityEvent]]:
         store, bus = IdentityStore(path), InProcessBus(10**6)
+        changes = {"merge_threshold": None, **changes}  # bridge merges at the join threshold
         service = _bus_service(settings, store, bus, threshold=threshold, min_crops=100, **changes)
         _feed(service, stream)
         service.finish()
@@ -488,8 +493,8 @@ def test_a_tracklet_that_turns_out_to_be_someone_else_moves(pets, tmp_path):
     events = [decode_identity(m.value) for m in bus.records("ids")]
     assert [(e.kind, e.tracklet_id, e.ended) for e in events] == [
         ("created", "c1:t1", False),
+        ("confirmed", "c1:t1", True),  # ends once camera c2's stream runs past it
         ("created", "c2:t1", False),
-        ("confirmed", "c1:t1", True),
         ("confirmed", "c2:t1", True),
         ("joined", "c3:t1", False),
         ("moved", "c3:t1", True),

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -153,7 +154,11 @@ def eval_settings(args, workdir: Path, threshold: float) -> Settings:
             "thumbnails_dir": str(workdir / "thumbnails"),
             "features_dir": str(workdir / "features"),
             "identities": {
-                **identity_overrides(args, threshold, args.end_gap / args.speed + 1.0),
+                # stream time ends tracklets (own camera, or any camera's); the wall-clock rule (nothing
+                # arrived at all for idle_end_s) keeps the config's default, so a slow upstream batch
+                # does not end tracklets
+                **identity_overrides(args, threshold, None),
+                **({} if args.merge_threshold is None else {"merge_threshold": args.merge_threshold}),
                 "store": str(workdir / "identities.sqlite"),
             },
         },
@@ -161,14 +166,12 @@ def eval_settings(args, workdir: Path, threshold: float) -> Settings:
     return load_settings(args.config, overrides)
 
 
-def identity_overrides(args, threshold: float, idle_end_s: float) -> dict:
-    """matcher.identities for a replay: a tracklet also ends after its end gap in wall-clock time."""
-    return {
-        "threshold": threshold,
-        "end_gap_s": args.end_gap,
-        "idle_end_s": idle_end_s,
-        "instance_only": args.instance_only,
-    }
+def identity_overrides(args, threshold: float, idle_end_s: float | None) -> dict:
+    """matcher.identities for a replay (idle_end_s None: the config's)."""
+    out = {"threshold": threshold, "end_gap_s": args.end_gap, "instance_only": args.instance_only}
+    if idle_end_s is not None:
+        out["idle_end_s"] = idle_end_s
+    return out
 
 
 def publish(
@@ -257,6 +260,7 @@ def run_replay(args) -> dict:
         start_min=args.start,
         speed=args.speed,
         threshold=args.threshold,
+        merge_threshold=settings.matcher.identities.merge_threshold,
         instance_only=args.instance_only,
         model=extractor.name,
         sample_every_s=settings.reid.sample_every_s,
@@ -273,6 +277,10 @@ def run_replay(args) -> dict:
         identity_events_on_topic=count_topic(settings),
     )
     store.close()
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        result["workdir"] = str(workdir)
     return result
 
 
@@ -683,9 +691,13 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.choices["replay"]
     replay.add_argument("--bootstrap", required=True, help="Kafka broker HOST:PORT")
     replay.add_argument("--split", choices=["test", "train"], default="test")
+    replay.add_argument("--keep", action="store_true", help="keep the run's index, thumbnails and state")
     replay.add_argument("--speed", type=float, default=10.0, help="times real time")
     replay.add_argument(
         "--threshold", type=float, help="join threshold (default: the config's, from `calibrate`)"
+    )
+    replay.add_argument(
+        "--merge-threshold", type=float, help="bridge merges at or above this (default: the config's)"
     )
     replay.add_argument(
         "--sample-every",
