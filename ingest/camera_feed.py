@@ -68,6 +68,7 @@ class CameraFeed:
                 t0 = time.perf_counter()
                 frame = next(frames, None)
                 if frame is None:
+                    log.info("camera %s: finished reading (its source ended)", self.cam.id)
                     return
                 self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - t0)
                 self._put(frame)

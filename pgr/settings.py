@@ -239,7 +239,7 @@ class MatcherSettings(StrictModel):
         "embedded",
         description="embedded: the project's own index in index_dir (fast to a million rows and more on "
         "one machine; any number of local processes); milvus: a Milvus server or milvus-lite file at "
-        "milvus_uri (the scale-out path). BENCHMARKS.md, Index",
+        "milvus_uri (the scale-out path; the default when milvus_uri is given). BENCHMARKS.md, Index",
     )
     index_dir: Path | None = Field(None, description="the embedded index (default: beside thumbnails)")
     milvus_uri: str | None = Field(None, description="index: milvus: a .db file or http(s)://host:port")
@@ -270,8 +270,18 @@ class MatcherSettings(StrictModel):
     )
     identities: IdentitySettings = IdentitySettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _milvus_when_named(cls, data):
+        """A config that names a Milvus and no index means Milvus (configs older than the embedded index)."""
+        if isinstance(data, dict) and data.get("milvus_uri") and "index" not in data:
+            return {**data, "index": "milvus"}
+        return data
+
     @model_validator(mode="after")
     def _token_needs_server(self) -> MatcherSettings:
+        if self.index == "embedded" and self.milvus_uri is not None:
+            raise ValueError("index: embedded ignores milvus_uri: drop one of them")
         if self.index == "milvus" and self.milvus_uri is None:
             raise ValueError("index: milvus needs milvus_uri (a .db file or http(s)://host:port)")
         if self.milvus_token is not None and "://" not in (self.milvus_uri or ""):
