@@ -10,6 +10,7 @@ from the directory of the file that writes them, so a config works from any work
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -44,6 +45,8 @@ DEFAULT_OPENVINO_REID = (
 )
 # The project's PGR heads trained on 0277's maps (Market-1501): the default re-ID model (RESULTS.md).
 DEFAULT_OPENVINO_HEADS = SHIPPED_WEIGHTS / "pgr_0277_market1501.pt"
+
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
@@ -281,7 +284,7 @@ class MatcherSettings(StrictModel):
     @model_validator(mode="after")
     def _token_needs_server(self) -> MatcherSettings:
         if self.index == "embedded" and self.milvus_uri is not None:
-            raise ValueError("index: embedded ignores milvus_uri: drop one of them")
+            log.warning("matcher.index is embedded: milvus_uri %s is not used", self.milvus_uri)
         if self.index == "milvus" and self.milvus_uri is None:
             raise ValueError("index: milvus needs milvus_uri (a .db file or http(s)://host:port)")
         if self.milvus_token is not None and "://" not in (self.milvus_uri or ""):
