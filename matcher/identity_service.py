@@ -72,6 +72,7 @@ class IdentityService:
     def add(self, records: list[tuple[FeatureRecord, str]]) -> list[IdentityEvent]:
         """Add indexed crops (record, thumbnail path); decide what became long enough or ended."""
         now = time.time()
+        self.store.apply_erasures(self.tracklets, self.identities)
         events: list[IdentityEvent] = []
         for rec, thumbnail in records:  # decisions after every crop: the same records, the same identities
             t = self.tracklets.add(rec, thumbnail, now)
@@ -87,6 +88,7 @@ class IdentityService:
         if now - self._last_tick < TICK_S:
             return []
         self._last_tick = now
+        self.store.apply_erasures(self.tracklets, self.identities)
         events = self._ended(self.tracklets.due(now))
         if events or self.tracklets.dirty:
             self._publish(events)
@@ -94,6 +96,7 @@ class IdentityService:
 
     def finish(self) -> list[IdentityEvent]:
         """The stream is over: every open tracklet ends and is decided."""
+        self.store.apply_erasures(self.tracklets, self.identities)
         events = self._ended(self.tracklets.end_all())
         self._publish(events)
         return events

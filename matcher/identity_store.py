@@ -131,6 +131,12 @@ class IdentityStore:
             self.db.execute("INSERT OR REPLACE INTO state VALUES ('book', ?)", (json.dumps(state),))
         book.dirty.clear()
 
+    def apply_erasures(self, book: TrackletBook, identities: IdentityBook) -> None:
+        """Forget in the books what erasures and retention runs deleted since they last looked (call before
+        deciding: a tracklet must never join an identity that was erased meanwhile); `save` looks again
+        under the write lock for any that commit in between."""
+        self._forget_erased(book, identities, [])
+
     def _forget_erased(
         self, book: TrackletBook, identities: IdentityBook, events: list[IdentityEvent]
     ) -> list[IdentityEvent]:
