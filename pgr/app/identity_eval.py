@@ -143,14 +143,13 @@ def crop_record(c: ReplayCrop, read_at: float) -> CropRecord:
 
 
 def eval_settings(args, workdir: Path, threshold: float) -> Settings:
-    """configs/embedded.yaml over Kafka, with fresh topics and stores in `workdir`."""
+    """configs/embedded.yaml over Kafka (its embedded index), with fresh topics and stores in `workdir`."""
     run = f"eval{int(time.time())}"
     overrides = {
         "transport": {"kind": "kafka", "bootstrap": args.bootstrap, "partitions": 1, "group_prefix": run},
         "topics": {n: f"{run}.{n}" for n in ("crops", "features", "identities", "dead_letter")},
         "reid": {} if args.sample_every is None else {"sample_every_s": args.sample_every},
         "matcher": {
-            "milvus_uri": str(workdir / "eval.db"),
             "thumbnails_dir": str(workdir / "thumbnails"),
             "features_dir": str(workdir / "features"),
             "identities": {
