@@ -62,7 +62,9 @@ def live_settings(
     if every_crop:
         ingest["representative_s"] = None
     matcher = {
-        "milvus_uri": str(folder / "live.db"),
+        "index": "embedded",
+        "milvus_uri": None,
+        "index_dir": folder / "index",
         "thumbnails_dir": folder / "thumbnails",
         "features_dir": folder / "features",
         "identities": settings.matcher.identities.model_copy(update={"store": folder / "identities.sqlite"}),
@@ -104,7 +106,7 @@ def run_live(
     every_crop: bool = False,
 ) -> dict:
     """One live run; the figures as a dict (see the module's docstring)."""
-    from matcher.index import DetectionIndex
+    from matcher.open_index import open_index
     from pgr.app.benchmark import _machine, _stage_sums
     from pgr.app.pipeline import build_extractor, run_embedded
 
@@ -117,7 +119,7 @@ def run_live(
         run = run_embedded(settings, metrics, stop=threading.Event(), extractor=extractor)
         wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
         load_after = os.getloadavg()
-        index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+        index = open_index(settings.matcher)
         rows = index.get(index.all_ids(limit=1_000_000))
         index.close()
     if run.errors:

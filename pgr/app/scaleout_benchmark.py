@@ -228,9 +228,10 @@ def reid_run(work: Path, bootstrap: str, crops: list, workers: int, threads: int
     }
 
 
-def matcher_run(work: Path, bootstrap: str, features: list, uri: str, name: str, tag: str) -> dict:
-    """One matcher process indexing a fresh copy of the features into `uri`."""
-    from matcher.index import DetectionIndex
+def matcher_run(work: Path, bootstrap: str, features: list, uri: str | None, name: str, tag: str) -> dict:
+    """One matcher process indexing a fresh copy of the features into Milvus at `uri` (None: the embedded
+    index)."""
+    from matcher.open_index import open_index
 
     topic = f"{tag}.features.m{name}"
     config = write_config(
@@ -239,7 +240,8 @@ def matcher_run(work: Path, bootstrap: str, features: list, uri: str, name: str,
         transport={"bootstrap": bootstrap, "group_prefix": f"{tag}m{name}", "partitions": PARTITIONS},
         topics={"features": topic, "identities": f"{tag}.identities.{name}", "dead_letter": f"{tag}.dlq"},
         matcher={
-            "milvus_uri": uri,
+            "index": "milvus" if uri else "embedded",
+            **({"milvus_uri": uri} if uri else {"index_dir": str(work / f"index-{name}")}),
             "collection": f"bench_{name}",
             "thumbnails_dir": str(work / f"thumbs-{name}"),
             "features_dir": str(work / f"features-{name}"),
@@ -249,13 +251,13 @@ def matcher_run(work: Path, bootstrap: str, features: list, uri: str, name: str,
     )
     trial = timed_trial(bootstrap, "matcher", config, work, f"matcher-{name}", 1, features, topic)
     settings = load_settings(config)
-    index = DetectionIndex(settings.matcher.milvus_uri, settings.matcher.collection)
+    index = open_index(settings.matcher)
     rows = index.get(index.all_ids(limit=1_000_000))
     index.close()
     span = max(r.indexed_at for r in rows) - trial["started"]
     return {
         "index": name,
-        "uri": uri if "://" in uri else "a milvus-lite .db file",
+        "uri": None if uri is None else uri if "://" in uri else "a milvus-lite .db file",
         "rows": len(rows),
         "rows_per_s": round(len(rows) / span, 1),
         "seconds": round(span, 1),
@@ -295,6 +297,7 @@ def run_scaleout(
         features = topic_records(bootstrap, reid[0]["topic"])
         server = milvus.uri
         matchers = [
+            matcher_run(work, bootstrap, features, None, "embedded", tag),
             matcher_run(work, bootstrap, features, str(work / "lite.db"), "file", tag),
             matcher_run(work, bootstrap, features, server, "server", tag),
         ]
