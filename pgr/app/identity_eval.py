@@ -549,6 +549,7 @@ def _calibration_row(job: tuple) -> dict:
 def run_calibration(args) -> dict:
     """Pick the join threshold (and the bridge-merge margin) with the best IDF1 on the TRAINING split, per
     matching mode and sampling interval (offline: the same records through the same matcher code)."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     split = replay_crops(args.data, args.dataset, "train", args.track_gap)
@@ -566,8 +567,10 @@ def run_calibration(args) -> dict:
         for d in args.merge_delta
     ]
     table = []
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for row in pool.map(_calibration_row, jobs):
+    # one job runs here; more run in fresh (spawned) processes: a forked child of a process whose torch and
+    # OpenVINO thread pools are running can hang on a lock one of those threads held
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in map(_calibration_row, jobs) if args.jobs == 1 else pool.map(_calibration_row, jobs):
             print(json.dumps(row), flush=True)
             table.append(row)
     best = {}
