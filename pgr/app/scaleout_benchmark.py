@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida
+from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida, topic_messages
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS, assets_dir
 from pgr.settings import load_settings
@@ -53,25 +53,6 @@ def write_config(folder: Path, name: str, **sections) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"base": str(CONFIGS / "kafka.yaml"), **sections}))
     return path
-
-
-def topic_records(bootstrap: str, topic: str) -> list:
-    """Every record of a topic (kafka-python ConsumerRecords: key, value, timestamp in ms)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        records: list = []
-        while any(consumer.position(p) < end[p] for p in parts):
-            for msgs in consumer.poll(timeout_ms=1000).values():
-                records.extend(msgs)
-        return records
-    finally:
-        consumer.close()
 
 
 def copy_topic(bootstrap: str, source: list, topic: str) -> None:
@@ -208,7 +189,7 @@ def reid_run(work: Path, bootstrap: str, crops: list, workers: int, threads: int
         metrics={"port": 0},
     )
     trial = timed_trial(bootstrap, "reid", config, work, f"reid-{run}", workers, crops, topic)
-    records = topic_records(bootstrap, features)
+    records = topic_messages(bootstrap, features)
     unique = {decode_feature(r.value).detection.detection_id for r in records}
     last = max(r.timestamp for r in records) / 1000
     span = last - trial["started"]
@@ -286,7 +267,7 @@ def run_scaleout(
             bootstrap = f"127.0.0.1:{port}"
         source = f"{tag}.crops"
         n = ingest_crops(work, bootstrap, source, seconds)
-        crops = topic_records(bootstrap, source)
+        crops = topic_messages(bootstrap, source)
         print(f"{n} crops in {source}", flush=True)
         reid = []
         for t in threads or [0]:
@@ -294,7 +275,7 @@ def run_scaleout(
                 reid.append(reid_run(work, bootstrap, crops, k, t, tag))
                 print(reid[-1], flush=True)
         milvus = MilvusLiteServer(work / "milvus").start()
-        features = topic_records(bootstrap, reid[0]["topic"])
+        features = topic_messages(bootstrap, reid[0]["topic"])
         server = milvus.uri
         matchers = [
             matcher_run(work, bootstrap, features, None, "embedded", tag),
