@@ -431,7 +431,10 @@ def test_prometheus_scrapes_every_service_and_fires_and_resolves_each_alert(
         assert procs["ingest"].stop() == 0
         valid = {decode_crop(r).detection.detection_id for r in _decodable(kafka_bootstrap, topics.crops)}
         assert len(valid) >= n + burst_size + 20
-        _wait(lambda: _rows(milvus, settings) == len(valid), 180, procs, lambda: f"{_rows(milvus, settings)}")
+        running = {k: p for k, p in procs.items() if k != "ingest"}  # ingest was stopped on purpose above
+        _wait(
+            lambda: _rows(milvus, settings) == len(valid), 180, running, lambda: f"{_rows(milvus, settings)}"
+        )
         letters = [json.loads(m.value) for m in topic_messages(kafka_bootstrap, topics.dead_letter)]
         assert len({(d["source_topic"], d["partition"], d["offset"]) for d in letters}) == 3
     finally:
