@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher.page_advice import will_need
 from pgr.errors import IndexMismatch, IndexUnavailable
 
 FORMAT = "pgr-segments/1"
@@ -114,17 +115,22 @@ class SegmentView:
         return self._arrays[name]
 
     def prefetch(self, name: str, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Ask the kernel to read items [start, stop) of a column ahead (MADV_WILLNEED, one call per range):
+        """Ask the kernel to read items [start, stop) of a column ahead (`page_advice.will_need`):
         rows scattered over a file not in the page cache then come from the disk in parallel, not one page
         fault after another."""
         arr = self._arrays[name]
         m = arr.base._mmap if isinstance(arr.base, np.memmap) else None  # the columns map from offset 0
-        if m is None or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        item, page = arr.strides[0], mmap.PAGESIZE
-        for a, b in zip((starts * item // page * page).tolist(), (stops * item).tolist(), strict=True):
-            if b > a:
-                m.madvise(mmap.MADV_WILLNEED, a, min(b, len(m)) - a)
+        if m is not None:
+            item = arr.strides[0]
+            will_need(m, arr.__array_interface__["data"][0], starts * item, stops * item)
+
+    def release_pages(self) -> None:
+        """Unmap this view's pages from the process (MADV_DONTNEED; the next read faults them in again), so
+        that the kernel may drop them from the page cache (benchmarks: to measure reads from the disk)."""
+        for arr in [*self._arrays.values(), *self._ends.values()]:
+            m = arr.base._mmap if isinstance(arr.base, np.memmap) else None
+            if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+                m.madvise(mmap.MADV_DONTNEED)
 
     def ends(self, name: str) -> np.ndarray:
         """Where each row's items of a ragged column end (rows,)."""

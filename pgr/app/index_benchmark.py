@@ -35,10 +35,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pgr.paths import CONFIGS, REPO, assets_dir
+
+if TYPE_CHECKING:
+    from matcher.segments import SegmentStore
 
 T0 = 1.7e9  # the first row's time (unix seconds)
 BATCH = 2000
@@ -271,8 +275,12 @@ def _memory(before: dict[str, float], folder: Path) -> dict:
     }
 
 
-def _evict(folder: Path) -> None:
-    """Drop these files' pages from the page cache (a read then comes from the disk)."""
+def _evict(folder: Path, store: SegmentStore | None = None) -> None:
+    """Drop these files' pages from the page cache (a read then comes from the disk). Pages that `store`
+    (open on this folder) has mapped are unmapped first: the kernel keeps a mapped page."""
+    if store is not None:
+        for seg in store.snapshot().segments:
+            seg.release_pages()
     for path in folder.rglob("*"):
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
@@ -527,7 +535,7 @@ def bench_search(args) -> dict:
         for name, lists in cold_candidates.items():  # last: from the disk, the store's pages dropped first
             cold = []
             for ids in lists:
-                _evict(folder / "features")
+                _evict(folder / "features", features.store)
                 t = time.perf_counter()
                 features.load_rows(ids)
                 cold.append(time.perf_counter() - t)
