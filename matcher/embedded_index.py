@@ -156,6 +156,13 @@ class EmbeddedIndex:
 
     # ----- reading
 
+    def preload(self) -> int:
+        """Map what a search reads (vectors, camera, time) of every segment into memory, from the disk if
+        need be (the segments mapped before are skipped); returns the bytes mapped by this call."""
+        if not self.store.exists:
+            return 0
+        return self.store.populate(["vec", "cam", "ts"])
+
     def count(self) -> int:
         """Rows in the index."""
         return self.store.snapshot().rows

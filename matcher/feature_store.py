@@ -131,6 +131,14 @@ class FeatureStore:
             return 0
         return self.store.compact(min_dead_fraction, include_tail=min_dead_fraction == 0.0)
 
+    def preload(self) -> int:
+        """Map what the part stage reads of every candidate (instance, parts, visibility) into memory, from
+        the disk if need be (segments mapped before are skipped); pixels stay on demand (a search reads
+        those of N2 candidates). Returns the bytes mapped by this call."""
+        if not self.store.exists:
+            return 0
+        return self.store.populate(["instance", "parts", "visibility"])
+
     def load(self, camera_id: str, det_id: str) -> CropFeatures | None:
         """The stored features of one detection, or None when there are none."""
         rows = self.load_rows([det_id])

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher.page_advice import will_need
+from matcher.page_advice import populate, will_need
 from pgr.errors import IndexMismatch, IndexUnavailable
 
 FORMAT = "pgr-segments/1"
@@ -123,6 +123,18 @@ class SegmentView:
         if m is not None:
             item = arr.strides[0]
             will_need(m, arr.__array_interface__["data"][0], starts * item, stops * item)
+
+    def populate(self, names: Iterable[str]) -> int:
+        """Map every page of these columns into the process now (`page_advice.populate`); returns their
+        bytes."""
+        done = 0
+        for name in names:
+            arr = self._arrays[name]
+            m = arr.base._mmap if isinstance(arr.base, np.memmap) else None
+            if m is not None:
+                populate(m, arr.__array_interface__["data"][0])
+                done += len(m)
+        return done
 
     def release_pages(self) -> None:
         """Unmap this view's pages from the process (MADV_DONTNEED; the next read faults them in again), so
@@ -230,6 +242,7 @@ class SegmentStore:
         self._dead: dict[int, np.ndarray | None] = {}
         self._where: dict[str, tuple[int, int]] = {}  # key -> (segment id, row) of its live row
         self._snapshot = Snapshot(0, (), {}, {})
+        self._populated: dict[int, int] = {}  # segment id -> rows mapped by `populate`
         self.refresh()
 
     # ----- reading
@@ -252,6 +265,16 @@ class SegmentStore:
         """The latest committed state (re-read when another process committed since)."""
         self.refresh()
         return self._snapshot
+
+    def populate(self, names: Sequence[str]) -> int:
+        """Map these columns of every segment not mapped so far (the tail again when it grew) into the
+        process: searches then never wait for the disk. Returns the bytes mapped by this call."""
+        done = 0
+        for seg in self.snapshot().segments:
+            if self._populated.get(seg.id) != seg.rows:
+                done += seg.populate(names)
+                self._populated[seg.id] = seg.rows
+        return done
 
     def locate(self, keys: Iterable[str]) -> tuple[Snapshot, list[tuple[int, int] | None]]:
         """A snapshot and, per key, its live row there ((segment id, row)) or None."""

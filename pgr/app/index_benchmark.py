@@ -451,6 +451,7 @@ def bench_search(args) -> dict:
     """The whole search (stage 1, parts, pixels, metadata) and the candidates' load: see the module doc."""
     from matcher.embedded_index import EmbeddedIndex
     from matcher.feature_store import FeatureStore
+    from matcher.preload import preload
     from matcher.search import search_features
     from reid.retrieval import RetrievalParams
 
@@ -497,6 +498,9 @@ def bench_search(args) -> dict:
         rss_before = {k: _rss_mib(k) for k in ("VmRSS", "RssAnon", "RssFile")}
         index = EmbeddedIndex(folder / "index")
         features = FeatureStore(folder / "features")
+        if args.preload:  # as `pgr serve` does at start (serve.preload)
+            done, took = preload(index, features)
+            result["preload"] = {"gb": round(done / 1e9, 2), "s": round(took, 1)}
         filters = _filters(layout, args.queries)
         result["search"], result["load_candidates"] = {}, {}
         cold_candidates: dict[str, list[list[str]]] = {}
@@ -512,7 +516,7 @@ def bench_search(args) -> dict:
                 assert hits
                 candidates.append(index.search_ids(query.instance, params.n1, **f).ids)
             # the candidates' load alone, after every search of this filter (no query's rows just read)
-            loads, loads_parts = [], []
+            loads, loads_parts, loads_again = [], [], []
             for ids in candidates:
                 t = time.perf_counter()
                 features.load_rows(ids)
@@ -520,11 +524,15 @@ def bench_search(args) -> dict:
                 t = time.perf_counter()
                 features.load_rows(ids, pixels=False)
                 loads_parts.append(time.perf_counter() - t)
+                t = time.perf_counter()  # every page now mapped by this process: no read, no page fault
+                features.load_rows(ids)
+                loads_again.append(time.perf_counter() - t)
             warm = slice(2, None) if len(times) > 4 else slice(None)
             result["search"][name] = _stats(times[warm])
             result["load_candidates"][name] = {
                 "parts_and_pixels": _stats(loads[warm]),
                 "parts_only": _stats(loads_parts[warm]),
+                "parts_and_pixels_in_memory": _stats(loads_again[warm]),
                 "candidates_mean": round(float(np.mean([len(c) for c in candidates]))),
             }
             cold_candidates[name] = candidates[:10]
@@ -569,6 +577,12 @@ def add_index_bench_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--milvus-index", default="FLAT", choices=["FLAT", "IVF_FLAT", "HNSW"])
     bench.add_argument("--top", type=int, default=1000, help="index: ids per search (N1)")
     bench.add_argument("--top-k", type=int, default=24, help="search: results shown (a page)")
+    bench.add_argument(
+        "--no-preload",
+        dest="preload",
+        action="store_false",
+        help="search: leave the index and part features unmapped (pgr serve maps them: serve.preload)",
+    )
 
 
 def report(result: dict, out: str | None) -> int:

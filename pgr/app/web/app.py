@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from matcher.feature_store import FeatureStore
 from matcher.open_index import open_index
+from matcher.preload import keep_loaded
 from matcher.thumbnails import ThumbnailStore
 from pgr.app.pipeline import build_extractor, milvus_token
 from pgr.app.web.audit import AuditLog
@@ -81,12 +82,22 @@ def create_app(
 
             thread = threading.Thread(target=loop, name="retention", daemon=True)
             thread.start()
+        preloading = None
+        if settings.serve.preload:
+            preloading = threading.Thread(
+                target=keep_loaded,
+                args=(state.index, state.features, stop, settings.serve.preload_check_s),
+                name="preload",
+                daemon=True,
+            )
+            preloading.start()
         try:
             yield
         finally:
             stop.set()
-            if thread is not None:
-                thread.join(timeout=30)
+            for t in (thread, preloading):
+                if t is not None:
+                    t.join(timeout=30)
             with state.lock:
                 state.index.close()
             state.sessions.close()
