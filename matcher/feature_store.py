@@ -170,8 +170,12 @@ def _gather(
     """Stack the rows at `locs` (segment id, row), in order: a gather per segment and fixed column; each
     row's pixel cells (contiguous in their file) are copied straight into the padded arrays."""
     g = len(locs)
-    seg_of = np.array([s for s, _ in locs], np.int64)
-    row_of = np.array([r for _, r in locs], np.int64)
+    where = np.array(locs, np.int64).reshape(g, 2)
+    seg_of, row_of = where[:, 0], where[:, 1]
+    order = np.argsort(seg_of, kind="stable")
+    sids, firsts = np.unique(seg_of[order], return_index=True)
+    split = np.split(order, firsts[1:]) if g else []
+    groups = [(snap.by_id[sid], at, row_of[at]) for sid, at in zip(sids.tolist(), split, strict=True)]
     out = FeatureRows(
         found,
         np.empty((g, *cols["instance"].shape), cols["instance"].dtype),
@@ -182,24 +186,18 @@ def _gather(
         None,
     )
     bounds = np.zeros((g, 2), np.int64)  # each row's first and past-last pixel item in its segment
-    for sid in np.unique(seg_of).tolist():  # start every read from the disk at once (a no-op when cached)
-        seg, rows = snap.by_id[sid], row_of[seg_of == sid]
-        for name in ("instance", "parts"):
-            seg.prefetch(name, rows, rows + 1)
-        if pixels:
-            ends = seg.ends("pixels")
-            starts = np.where(rows > 0, ends[np.maximum(rows - 1, 0)], 0)
-            seg.prefetch("pixels", starts, ends[rows])
-    for sid in np.unique(seg_of).tolist():
-        at = np.flatnonzero(seg_of == sid)
-        seg, rows = snap.by_id[sid], row_of[at]
-        out.instances[at] = seg.array("instance")[rows]
-        out.parts[at] = seg.array("parts")[rows]
-        out.visibility[at] = seg.array("visibility")[rows]
+    for seg, at, rows in groups:  # start every read from the disk at once (nothing when cached)
+        seg.prefetch("instance", rows, rows + 1)
+        seg.prefetch("parts", rows, rows + 1)
         if pixels:
             ends = seg.ends("pixels")
             bounds[at, 1] = ends[rows]
             bounds[at, 0] = np.where(rows > 0, ends[np.maximum(rows - 1, 0)], 0)
+            seg.prefetch("pixels", bounds[at, 0], bounds[at, 1])
+    for seg, at, rows in groups:
+        out.instances[at] = seg.array("instance")[rows]
+        out.parts[at] = seg.array("parts")[rows]
+        out.visibility[at] = seg.array("visibility")[rows]
     if not pixels:
         return out
     lengths = bounds[:, 1] - bounds[:, 0]
@@ -207,14 +205,9 @@ def _gather(
     out.pixels = np.zeros((g, width, *cols["pixels"].shape), cols["pixels"].dtype)
     out.pixel_coords = np.zeros((g, width, 2), np.int16)
     out.pixel_mask = np.arange(width)[None, :] < lengths[:, None]
-    views = {
-        sid: (snap.by_id[sid].array("pixels"), snap.by_id[sid].array("pixel_coords"))
-        for sid in set(seg_of.tolist())
-    }
-    for i, (sid, a, b) in enumerate(
-        zip(seg_of.tolist(), bounds[:, 0].tolist(), bounds[:, 1].tolist(), strict=True)
-    ):
-        px, xy = views[sid]
-        out.pixels[i, : b - a] = px[a:b]
-        out.pixel_coords[i, : b - a] = xy[a:b]
+    for seg, at, _ in groups:
+        px, xy = seg.array("pixels"), seg.array("pixel_coords")
+        for i, a, b in zip(at.tolist(), bounds[at, 0].tolist(), bounds[at, 1].tolist(), strict=True):
+            out.pixels[i, : b - a] = px[a:b]
+            out.pixel_coords[i, : b - a] = xy[a:b]
     return out

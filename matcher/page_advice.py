@@ -25,7 +25,13 @@ import numpy as np
 _SYS_PROCESS_MADVISE = 440  # the same number on every Linux architecture (added after the tables merged)
 _IOV_MAX = 1024
 _PROBES = 4  # ranges checked with mincore before advising
-_state: dict[str, object] = {"pid": None, "pidfd": None, "usable": sys.platform == "linux", "libc": None}
+_state: dict[str, object] = {
+    "pid": None,
+    "pidfd": None,
+    "usable": sys.platform == "linux",
+    "libc": None,
+    "mincore": None,
+}
 
 
 def _pidfd() -> int | None:
@@ -73,13 +79,15 @@ def _libc() -> ctypes.CDLL:
     return _state["libc"]  # type: ignore[return-value]
 
 
-def _all_cached(address: int, starts: np.ndarray) -> bool:
-    """Whether the first page of a few of these (page-aligned) ranges is in the page cache (mincore)."""
-    libc, flag = _libc(), ctypes.c_ubyte()
-    for start in starts[np.linspace(0, len(starts) - 1, min(_PROBES, len(starts))).astype(np.int64)].tolist():
-        if libc.mincore(ctypes.c_void_p(address + start), ctypes.c_size_t(1), ctypes.byref(flag)) != 0:
-            return False
-        if not flag.value & 1:
+def _all_cached(address: int, offsets: list[int]) -> bool:
+    """Whether the pages at these (page-aligned) offsets of the map at `address` are in memory (mincore)."""
+    if _state.get("mincore") is None:
+        fn = _libc().mincore
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+        _state["mincore"] = fn
+    mincore, flag = _state["mincore"], ctypes.c_ubyte()
+    for offset in offsets:
+        if mincore(address + offset, 1, ctypes.byref(flag)) != 0 or not flag.value & 1:  # type: ignore[operator]
             return False
     return True
 
@@ -87,14 +95,18 @@ def _all_cached(address: int, starts: np.ndarray) -> bool:
 def will_need(m: mmap.mmap, address: int, starts: np.ndarray, stops: np.ndarray) -> None:
     """Ask for the byte ranges [start, stop) of map `m` (mapped at `address`) to be read ahead, unless a few
     probed ones show them cached already; starts are rounded down to a page and stops clipped to the map."""
-    if not hasattr(mmap, "MADV_WILLNEED"):
+    if not hasattr(mmap, "MADV_WILLNEED") or not len(starts):
         return
     page = mmap.PAGESIZE
+    if sys.platform == "linux":
+        picks = np.asarray(starts)[:: max(1, len(starts) // _PROBES)][:_PROBES].tolist()
+        if _all_cached(address, [int(p) // page * page for p in picks if p < len(m)]):
+            return
     starts = np.asarray(starts, np.int64) // page * page
     stops = np.minimum(np.asarray(stops, np.int64), len(m))
     keep = stops > starts
     starts, stops = starts[keep], stops[keep]
-    if not len(starts) or (sys.platform == "linux" and _all_cached(address, starts)):
+    if not len(starts):
         return
     if _state["usable"] and _process_madvise(address, starts, stops):
         return

@@ -540,6 +540,7 @@ def bench_search(args) -> dict:
                 f"  {name}: search {result['search'][name]}, load {result['load_candidates'][name]}",
                 flush=True,
             )
+        result["memory"] = _memory(rss_before, folder)  # before the cold reads unmap the features
         for name, lists in cold_candidates.items():  # last: from the disk, the store's pages dropped first
             cold = []
             for ids in lists:
@@ -548,7 +549,6 @@ def bench_search(args) -> dict:
                 features.load_rows(ids)
                 cold.append(time.perf_counter() - t)
             result["load_candidates"][name]["parts_and_pixels_from_disk"] = _stats(cold)
-        result["memory"] = _memory(rss_before, folder)
         index.close()
     finally:
         if not (args.keep or args.reuse):
