@@ -2,8 +2,8 @@
 
 Real crops (random 2:1 boxes from the PETS 2009 video) are resized and run in batches of --batch; each
 extractor gets one untimed warm-up batch, then the median of --repeats passes over all crops is reported.
-Rows: the default (PGR heads on the 0277 IR), 0277's embedding alone (the peer), and every end-to-end
-torch PGR checkpoint given with --checkpoint.
+Rows: the default (PGR heads on the 0277 IR) and 0277's embedding alone (the peer), in each OpenVINO
+inference precision of --precision, and every end-to-end torch PGR checkpoint given with --checkpoint.
 """
 
 from __future__ import annotations
@@ -52,20 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ir", type=Path, default=DEFAULT_OPENVINO_REID)
     ap.add_argument("--checkpoint", type=Path, action="append", default=[], help="end-to-end PGR checkpoints")
     ap.add_argument("--pixel-dim", type=int, default=64)
+    ap.add_argument(
+        "--precision",
+        nargs="+",
+        default=["f32", "bf16"],
+        choices=["f32", "bf16"],
+        help="OpenVINO inference precisions to measure (bf16 needs a CPU that has it)",
+    )
     args = ap.parse_args(argv)
     crops = random_crops(assets_dir() / "video" / "pets2009_vtest.mp4", args.crops)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
     print(f"{machine}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(crops)} real crops, batch {args.batch}, median of {args.repeats} passes")
     rows: list[tuple[str, Callable]] = []
-    if args.heads.exists():
-        rows.append(
-            (
-                "PGR heads on 0277 (instance+parts+pixels)",
-                OpenVinoPGRExtractor(args.heads, args.ir, args.pixel_dim, args.batch).extract,
-            )
-        )
-    rows.append(("0277 embedding alone (peer)", OpenVinoBackbone(args.ir, batch=args.batch).run))
+    for precision in args.precision:
+        if args.heads.exists():
+            pgr = OpenVinoPGRExtractor(args.heads, args.ir, args.pixel_dim, args.batch, precision=precision)
+            rows.append((f"PGR heads on 0277 (instance+parts+pixels), {precision}", pgr.extract))
+        peer = OpenVinoBackbone(args.ir, batch=args.batch, precision=precision)
+        rows.append((f"0277 embedding alone (peer), {precision}", peer.run))
     for ckpt in args.checkpoint:
         ex = PGRExtractor(
             None, checkpoint=ckpt, device="cpu", pixel_dim=args.pixel_dim, batch_size=args.batch

@@ -23,10 +23,33 @@ from pgr.model_files import require_model_file
 MAP_OUTPUT_0277 = "1126"
 
 
-class OpenVinoBackbone:
-    """Runs an OpenVINO re-ID IR on BGR crops; returns (X (n, c, h, w), embedding (n, e)) as float32."""
+PRECISIONS = ("auto", "f32", "bf16")
 
-    def __init__(self, xml: Path, map_output: str = MAP_OUTPUT_0277, batch: int = 32, threads: int = 0):
+
+def inference_precision(core, wanted: str) -> str:
+    """The CPU's inference precision for `wanted`: "f32"; "bf16" (about twice the crops/s of f32 where the
+    CPU computes bf16 natively: AVX512-BF16 or AMX; RESULTS.md has its accuracy); "auto": bf16 where the
+    CPU has it natively, else f32. A CPU without bf16 is refused for "bf16" with the reason."""
+    if wanted not in PRECISIONS:
+        raise ValueError(f"inference precision {wanted!r}: expected one of {', '.join(PRECISIONS)}")
+    native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if wanted == "bf16" and not native:
+        raise ValueError("inference precision bf16: this CPU has no native bf16 (AVX512-BF16, AMX); use f32")
+    return "bf16" if wanted == "bf16" or (wanted == "auto" and native) else "f32"
+
+
+class OpenVinoBackbone:
+    """Runs an OpenVINO re-ID IR on BGR crops; returns (X (n, c, h, w), embedding (n, e)) as float32.
+    `precision`: see `inference_precision` (f32 by default here; the services take `reid.precision`)."""
+
+    def __init__(
+        self,
+        xml: Path,
+        map_output: str = MAP_OUTPUT_0277,
+        batch: int = 32,
+        threads: int = 0,
+        precision: str = "f32",
+    ):
         import openvino as ov
 
         xml = require_model_file(xml, "OpenVINO re-ID model")
@@ -53,6 +76,8 @@ class OpenVinoBackbone:
         # LATENCY: one synchronous request uses every core (THROUGHPUT splits the cores into streams that
         # only parallel requests fill: 81 instead of 143 crops/s measured on 2 cores)
         config = {"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
+        self.precision = inference_precision(core, precision)
+        config["INFERENCE_PRECISION_HINT"] = self.precision
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.batch = batch

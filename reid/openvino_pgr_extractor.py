@@ -37,9 +37,10 @@ class OpenVinoPGRExtractor:
         threads: int = 0,
         part_dtype: type[np.floating] = np.float16,
         pixel_dtype: type[np.floating] = np.float16,
+        precision: str = "f32",
     ) -> None:
         self.heads = (heads if isinstance(heads, MapHeads) else MapHeads.load(heads)).eval()
-        self.backbone = OpenVinoBackbone(ir, batch=batch_size, threads=threads)
+        self.backbone = OpenVinoBackbone(ir, batch=batch_size, threads=threads, precision=precision)
         trained_on, channels = self.heads.config.backbone, self.heads.config.in_channels
         if self.backbone.name != trained_on:
             raise ValueError(f"{heads}: heads trained on {trained_on!r}, not on {self.backbone.name!r}")

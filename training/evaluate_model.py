@@ -52,6 +52,9 @@ def _cache_key(extractor, checkpoint: Path | None, samples: list[Sample]) -> str
     """Same model file, same projection, same image names and sizes: same features (DukeMTMC-reID and
     Occluded-Duke share their gallery, so it is extracted once)."""
     h = hashlib.sha1(extractor.name.encode())
+    precision = getattr(getattr(extractor, "backbone", None), "precision", "f32")
+    if precision != "f32":  # bf16 maps: other features (f32 keys stay those of earlier caches)
+        h.update(precision.encode())
     if checkpoint is not None:
         h.update(Path(checkpoint).read_bytes())
     for s in samples:
@@ -185,7 +188,9 @@ def run(args: argparse.Namespace) -> dict:
     model_file = args.heads or args.checkpoint
     q_maps = g_maps = None
     if args.heads is not None:
-        extractor = OpenVinoPGRExtractor(args.heads, args.ir, pixel_dim=args.pixel_dim)
+        extractor = OpenVinoPGRExtractor(
+            args.heads, args.ir, pixel_dim=args.pixel_dim, precision=args.precision
+        )
         if args.map_cache is not None:
             q_maps, g_maps = open_cache(args.map_cache / "query"), open_cache(args.map_cache / "gallery")
     else:
@@ -369,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=Path, help="PGR heads on the OpenVINO IR (reid.map_heads)")
     ap.add_argument("--ir", type=Path, default=DEFAULT_OPENVINO_REID, help="the IR the heads sit on")
     ap.add_argument("--map-cache", type=Path, help="the IR's cached maps of the dataset (query/, gallery/)")
+    ap.add_argument(
+        "--precision",
+        default="f32",
+        choices=["f32", "bf16"],
+        help="the IR's inference precision (with --map-cache: the one the maps were cached in)",
+    )
     defaults = RetrievalParams()
     ap.add_argument("--a1", type=float, default=defaults.a1)
     ap.add_argument("--a2", type=float, default=defaults.a2)
@@ -378,7 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixel-dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--queries", type=int, default=0, help="evaluate only the first N queries (0: all)")
-    ap.add_argument("--trivial-queries", type=int, default=200)
+    ap.add_argument(
+        "--trivial-queries",
+        type=int,
+        default=200,
+        help="queries also ranked by the trivial ensemble over the whole gallery (at least 1)",
+    )
     ap.add_argument(
         "--cache",
         type=Path,
@@ -388,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures", type=Path, help="write CMC, parts and pixel-correspondence PNGs here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.trivial_queries < 1:
+        ap.error("--trivial-queries must be at least 1 (the whole-gallery comparison needs a query)")
     report = run(args)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

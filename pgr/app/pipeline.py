@@ -76,7 +76,12 @@ def build_extractor(cfg: ReidSettings) -> FeatureExtractor:
         from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 
         return OpenVinoPGRExtractor(
-            cfg.heads, cfg.ir, pixel_dim=cfg.pixel_dim, batch_size=cfg.batch_size, threads=cfg.threads
+            cfg.heads,
+            cfg.ir,
+            pixel_dim=cfg.pixel_dim,
+            batch_size=cfg.batch_size,
+            threads=cfg.threads,
+            precision=cfg.precision,
         )
     from reid.pgr_extractor import PGRExtractor
 
