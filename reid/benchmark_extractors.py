@@ -22,7 +22,7 @@ import torch
 from pgr.paths import assets_dir
 from pgr.settings import DEFAULT_OPENVINO_HEADS, DEFAULT_OPENVINO_REID
 from reid.benchmark_pgr import random_crops
-from reid.openvino_backbone import OpenVinoBackbone
+from reid.openvino_backbone import OpenVinoBackbone, inference_precision
 from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 from reid.pgr_extractor import PGRExtractor
 
@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precision",
         nargs="+",
-        default=["f32", "bf16"],
         choices=["f32", "bf16"],
-        help="OpenVINO inference precisions to measure (bf16 needs a CPU that has it)",
+        help="OpenVINO inference precisions to measure (default: f32, and bf16 where the CPU has it)",
     )
     args = ap.parse_args(argv)
     crops = random_crops(assets_dir() / "video" / "pets2009_vtest.mp4", args.crops)
@@ -65,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{machine}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(crops)} real crops, batch {args.batch}, median of {args.repeats} passes")
     rows: list[tuple[str, Callable]] = []
+    if args.precision is None:
+        import openvino as ov
+
+        native = inference_precision(ov.Core(), "auto") == "bf16"
+        args.precision = ["f32", "bf16"] if native else ["f32"]
     for precision in args.precision:
         if args.heads.exists():
             pgr = OpenVinoPGRExtractor(args.heads, args.ir, args.pixel_dim, args.batch, precision=precision)

@@ -40,7 +40,7 @@ def inference_precision(core, wanted: str) -> str:
 
 class OpenVinoBackbone:
     """Runs an OpenVINO re-ID IR on BGR crops; returns (X (n, c, h, w), embedding (n, e)) as float32.
-    `precision`: see `inference_precision` (f32 by default here; the services take `reid.precision`)."""
+    `precision`: see `inference_precision` (the services take `reid.precision`)."""
 
     def __init__(
         self,
@@ -48,7 +48,7 @@ class OpenVinoBackbone:
         map_output: str = MAP_OUTPUT_0277,
         batch: int = 32,
         threads: int = 0,
-        precision: str = "f32",
+        precision: str = "auto",
     ):
         import openvino as ov
 

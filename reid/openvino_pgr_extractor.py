@@ -37,7 +37,7 @@ class OpenVinoPGRExtractor:
         threads: int = 0,
         part_dtype: type[np.floating] = np.float16,
         pixel_dtype: type[np.floating] = np.float16,
-        precision: str = "f32",
+        precision: str = "auto",
     ) -> None:
         self.heads = (heads if isinstance(heads, MapHeads) else MapHeads.load(heads)).eval()
         self.backbone = OpenVinoBackbone(ir, batch=batch_size, threads=threads, precision=precision)

@@ -41,6 +41,23 @@ def test_one_inference_gives_map_and_the_networks_own_embedding(crops):
     assert empty_maps.shape == (0, 512, 16, 8) and empty_emb.shape == (0, 256)
 
 
+def test_precisions_agree_and_an_unknown_one_is_refused(crops):
+    import openvino as ov
+
+    exact = OpenVinoBackbone(DEFAULT_OPENVINO_REID, precision="f32")
+    auto = OpenVinoBackbone(DEFAULT_OPENVINO_REID)  # bf16 where the CPU has it natively, else f32
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert exact.precision == "f32" and auto.precision == ("bf16" if native else "f32")
+    a, b = exact.run(crops)[1], auto.run(crops)[1]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.995, cos
+    with pytest.raises(ValueError, match="fp8"):
+        OpenVinoBackbone(DEFAULT_OPENVINO_REID, precision="fp8")
+    if not native:
+        with pytest.raises(ValueError, match="no native bf16"):
+            OpenVinoBackbone(DEFAULT_OPENVINO_REID, precision="bf16")
+
+
 def test_missing_and_corrupt_irs_are_named(tmp_path: Path):
     with pytest.raises(ModelFileMissing, match="nowhere.xml"):
         OpenVinoBackbone(tmp_path / "nowhere.xml")

@@ -49,12 +49,10 @@ from training.map_cache import MapCache, open_cache
 
 
 def _cache_key(extractor, checkpoint: Path | None, samples: list[Sample]) -> str:
-    """Same model file, same projection, same image names and sizes: same features (DukeMTMC-reID and
-    Occluded-Duke share their gallery, so it is extracted once)."""
+    """Same model file, projection and inference precision, same image names and sizes: same features
+    (DukeMTMC-reID and Occluded-Duke share their gallery, so it is extracted once)."""
     h = hashlib.sha1(extractor.name.encode())
-    precision = getattr(getattr(extractor, "backbone", None), "precision", "f32")
-    if precision != "f32":  # bf16 maps: other features (f32 keys stay those of earlier caches)
-        h.update(precision.encode())
+    h.update(getattr(getattr(extractor, "backbone", None), "precision", "").encode())  # bf16 or f32 maps
     if checkpoint is not None:
         h.update(Path(checkpoint).read_bytes())
     for s in samples:
@@ -376,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--map-cache", type=Path, help="the IR's cached maps of the dataset (query/, gallery/)")
     ap.add_argument(
         "--precision",
-        default="f32",
-        choices=["f32", "bf16"],
+        default="auto",
+        choices=["auto", "f32", "bf16"],
         help="the IR's inference precision (with --map-cache: the one the maps were cached in)",
     )
     defaults = RetrievalParams()
