@@ -142,10 +142,10 @@ def crop_record(c: ReplayCrop, read_at: float) -> CropRecord:
     return CropRecord(det, jpeg)
 
 
-def eval_settings(args, workdir: Path, threshold: float) -> Settings:
+def eval_overrides(args, workdir: Path, threshold: float) -> dict:
     """configs/embedded.yaml over Kafka (its embedded index), with fresh topics and stores in `workdir`."""
     run = f"eval{int(time.time())}"
-    overrides = {
+    return {
         "transport": {"kind": "kafka", "bootstrap": args.bootstrap, "partitions": 1, "group_prefix": run},
         "topics": {n: f"{run}.{n}" for n in ("crops", "features", "identities", "dead_letter")},
         "reid": {} if args.sample_every is None else {"sample_every_s": args.sample_every},
@@ -162,7 +162,11 @@ def eval_settings(args, workdir: Path, threshold: float) -> Settings:
             },
         },
     }
-    return load_settings(args.config, overrides)
+
+
+def eval_settings(args, workdir: Path, threshold: float) -> Settings:
+    """The replay's settings (`eval_overrides` over `args.config`)."""
+    return load_settings(args.config, eval_overrides(args, workdir, threshold))
 
 
 def identity_overrides(args, threshold: float, idle_end_s: float | None) -> dict:
@@ -209,7 +213,8 @@ def run_replay(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="pgr-identity-eval-"))
     base = load_settings(args.config, check_models=False).matcher.identities
     args.threshold = base.threshold if args.threshold is None else args.threshold
-    settings = eval_settings(args, workdir, args.threshold)
+    overrides = eval_overrides(args, workdir, args.threshold)
+    settings = load_settings(args.config, overrides)
     metrics = PipelineMetrics()
     extractor = build_extractor(settings.reid)
     stop, published, reid_done = threading.Event(), threading.Event(), threading.Event()
@@ -228,7 +233,10 @@ def run_replay(args) -> dict:
     transport = build_transport(settings)
 
     def reid() -> None:
-        run_reid_stage(settings, transport, metrics, stop, published, extractor)
+        if args.reid_process:  # `pgr run reid`, as deployed: its own process (and interpreter lock)
+            reid_process(args, settings, overrides, workdir, metrics, stop, published)
+        else:
+            run_reid_stage(settings, transport, metrics, stop, published, extractor)
 
     def matcher() -> None:
         run_matcher_stage(settings, transport, metrics, stop, reid_done, extractor)
@@ -266,6 +274,7 @@ def run_replay(args) -> dict:
         crops_extracted=int(extracted),
         crops_sampled_out=int(metrics.crops_sampled_out._value.get()),
         extracted_per_s=round(extracted / total_s, 1),
+        reid_in_its_own_process=bool(args.reid_process),
         load_average_before=[round(v, 2) for v in load_before],
         load_average_after=[round(v, 2) for v in os.getloadavg()],
         cpu_cores=os.cpu_count(),
@@ -281,6 +290,42 @@ def run_replay(args) -> dict:
     else:
         result["workdir"] = str(workdir)
     return result
+
+
+def reid_process(
+    args,
+    settings: Settings,
+    overrides: dict,
+    workdir: Path,
+    metrics: PipelineMetrics,
+    stop: threading.Event,
+    published: threading.Event,
+) -> None:
+    """The re-ID stage as a `pgr run reid` process over the same config: until the crops are published and
+    its group has consumed them all, then stopped (it commits on SIGTERM). Its counts are added to
+    `metrics` (features extracted, crops sampled out), read from its /metrics before it stops."""
+    import yaml
+
+    from pgr.app.local_stack import StageProcess, free_port, group_lag
+    from pgr.app.pipeline import group
+
+    config, port = workdir / "reid.yaml", free_port()
+    own = {**overrides, "metrics": {"host": "127.0.0.1", "port": port}}
+    config.write_text(yaml.safe_dump({"base": str(Path(args.config).resolve()), **own}))
+    proc = StageProcess("reid", config, workdir / "reid.log", port=port)
+    reid_group, crops_topic = group(settings, "reid"), settings.topics.crops
+    try:
+        while not (published.is_set() or stop.is_set()):
+            assert proc.proc.poll() is None, f"pgr run reid exited: {proc.tail()}"
+            time.sleep(0.5)
+        while not stop.is_set() and group_lag(args.bootstrap, reid_group, crops_topic) > 0:
+            assert proc.proc.poll() is None, f"pgr run reid exited: {proc.tail()}"
+            time.sleep(0.5)
+        time.sleep(2.0)  # its last batch: published after the commit that ended the lag
+        metrics.features_extracted.inc(max(proc.total("pgr_features_extracted_total"), 0))
+        metrics.crops_sampled_out.inc(max(proc.total("pgr_crops_sampled_out_total"), 0))
+    finally:
+        proc.ensure_stopped()
 
 
 WARMUP = "warmup"  # the camera of the one crop sent before the timed replay
@@ -695,6 +740,11 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--split", choices=["test", "train"], default="test")
     replay.add_argument("--keep", action="store_true", help="keep the run's index, thumbnails and state")
     replay.add_argument("--speed", type=float, default=10.0, help="times real time")
+    replay.add_argument(
+        "--reid-process",
+        action="store_true",
+        help="run the re-ID stage as its own `pgr run reid` process, as deployed (default: a thread)",
+    )
     replay.add_argument(
         "--threshold", type=float, help="join threshold (default: the config's, from `calibrate`)"
     )
