@@ -84,6 +84,14 @@ def _map(path: Path, dtype: str, shape: tuple[int, ...], count: int) -> np.ndarr
         ) from None
 
 
+def _mapping(arr: np.ndarray) -> tuple[mmap.mmap | None, int]:
+    """The memory map under a column array from `_map` and its address (a column maps from offset 0);
+    (None, 0) for an empty column, which has no map."""
+    if not isinstance(arr.base, np.memmap):
+        return None, 0
+    return arr.base._mmap, arr.__array_interface__["data"][0]
+
+
 class SegmentView:
     """The committed rows of one segment, memory-mapped; immutable (a longer tail is a new view)."""
 
@@ -119,20 +127,19 @@ class SegmentView:
         rows scattered over a file not in the page cache then come from the disk in parallel, not one page
         fault after another."""
         arr = self._arrays[name]
-        m = arr.base._mmap if isinstance(arr.base, np.memmap) else None  # the columns map from offset 0
+        m, address = _mapping(arr)
         if m is not None:
             item = arr.strides[0]
-            will_need(m, arr.__array_interface__["data"][0], starts * item, stops * item)
+            will_need(m, address, starts * item, stops * item)
 
     def populate(self, names: Iterable[str]) -> int:
         """Map every page of these columns into the process now (`page_advice.populate`); returns their
         bytes."""
         done = 0
         for name in names:
-            arr = self._arrays[name]
-            m = arr.base._mmap if isinstance(arr.base, np.memmap) else None
+            m, address = _mapping(self._arrays[name])
             if m is not None:
-                populate(m, arr.__array_interface__["data"][0])
+                populate(m, address)
                 done += len(m)
         return done
 
@@ -140,7 +147,7 @@ class SegmentView:
         """Unmap this view's pages from the process (MADV_DONTNEED; the next read faults them in again), so
         that the kernel may drop them from the page cache (benchmarks: to measure reads from the disk)."""
         for arr in [*self._arrays.values(), *self._ends.values()]:
-            m = arr.base._mmap if isinstance(arr.base, np.memmap) else None
+            m, _ = _mapping(arr)
             if m is not None and hasattr(mmap, "MADV_DONTNEED"):
                 m.madvise(mmap.MADV_DONTNEED)
 

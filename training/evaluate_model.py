@@ -33,6 +33,7 @@ from pgr.files import write_atomically
 from pgr.messages import CropFeatures
 from pgr.paths import REPO, asset_weights_dir
 from pgr.settings import DEFAULT_OPENVINO_REID
+from reid.openvino_backbone import PRECISIONS
 from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 from reid.pgr_extractor import PGRExtractor
 from reid.pgr_model import PGRModel
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "f32", "bf16"],
+        choices=PRECISIONS,
         help="the IR's inference precision (with --map-cache: the one the maps were cached in)",
     )
     defaults = RetrievalParams()

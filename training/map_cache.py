@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pgr.paths import REPO
 from pgr.settings import DEFAULT_OPENVINO_REID
-from reid.openvino_backbone import OpenVinoBackbone
+from reid.openvino_backbone import PRECISIONS, OpenVinoBackbone
 from training.datasets import load_dataset
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_OPENVINO_REID)
     ap.add_argument("--out", type=Path, required=True, help="folder; one cache per split goes inside")
     ap.add_argument("--splits", default="train,query,gallery")
-    ap.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"], help="OpenVINO precision")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS, help="OpenVINO precision")
     args = ap.parse_args(argv)
     backbone = OpenVinoBackbone(args.model, precision=args.precision)
     images = dataset_images(args.data, args.dataset)

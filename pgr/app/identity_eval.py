@@ -164,11 +164,6 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
     }
 
 
-def eval_settings(args, workdir: Path, threshold: float) -> Settings:
-    """The replay's settings (`eval_overrides` over `args.config`)."""
-    return load_settings(args.config, eval_overrides(args, workdir, threshold))
-
-
 def identity_overrides(args, threshold: float, idle_end_s: float | None) -> dict:
     """matcher.identities for a replay (idle_end_s None: the config's)."""
     out = {"threshold": threshold, "end_gap_s": args.end_gap, "instance_only": args.instance_only}
