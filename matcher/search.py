@@ -66,7 +66,7 @@ def search_features(
         hits = index.search(query.instance, top_k=top_k, camera=camera, since=since, until=until)
         require_model(hits, model)
         return hits
-    params = params or RetrievalParams()
+    params = params or RetrievalParams.search_defaults()
     found = index.search_ids(query.instance, max(params.n1, top_k), camera, since, until)
     require_models(found.models, model)
     stored = features.load_rows(found.ids, pixels=False)

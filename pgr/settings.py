@@ -276,6 +276,15 @@ class MatcherSettings(StrictModel):
         "isp",
         description="Eq. 4 reading: isp adds s_ins to the numerator (default, RESULTS.md); eq4: as printed",
     )
+    # stage 3: the final top n3 re-ranked by k-reciprocal neighbours among themselves (Zhong et al. 2017's
+    # k1, k2; a3 is their lambda); the best mean of R1 and mAP over the three validation splits with n3 at
+    # most 200 (a search's time budget), RESULTS.md "Settings"
+    n3: int = Field(
+        200, ge=0, description="k-reciprocal re-ranking of a search's final top n3 among themselves (0: off)"
+    )
+    a3: float = Field(0.3, ge=0, le=1, description="weight of the progressive distance in stage 3")
+    k1: int = Field(15, ge=1, description="stage 3: k-reciprocal neighbours")
+    k2: int = Field(6, ge=1, description="stage 3: neighbours averaged in the local query expansion")
     identities: IdentitySettings = IdentitySettings()
 
     @model_validator(mode="before")

@@ -2,7 +2,9 @@
 
 Progressive: rank the whole gallery by s_ins; re-rank the top N1 by s1 = a1 s_ins + (1 - a1) s_part;
 re-rank the top N2 of those by s2 = a2 s1 + (1 - a2) s_pixel. The final order is the top N2 by s2, then
-ranks N2..N1 by s1, then the rest by s_ins. The trivial ensemble scores the whole gallery with
+ranks N2..N1 by s1, then the rest by s_ins. Optionally (N3 > 1, off unless asked: the matcher's config
+turns it on) a third stage re-ranks the final top N3 among themselves by k-reciprocal neighbours
+(`reid.reciprocal`), s3 = 1 - d3. The trivial ensemble scores the whole gallery with
 s = a2 (a1 s_ins + (1 - a1) s_part) + (1 - a2) s_pixel; with N1 = N2 = gallery size both agree.
 
 >>> gallery = GalleryFeatures.from_crop_features(extractor.extract(crops))  # doctest: +SKIP
@@ -20,7 +22,8 @@ import torch
 
 from pgr.messages import CropFeatures
 from pgr.settings import MatcherSettings, PartScore
-from reid.similarity import PIXEL_EPS, s_ins, s_part, s_pixel
+from reid.reciprocal import reciprocal_distance
+from reid.similarity import PIXEL_EPS, s_ins, s_part, s_pixel, s_within
 
 
 @dataclass
@@ -122,24 +125,46 @@ class RetrievalParams:
     # (no global term). The ISP reading is the default: on Market-1501 it keeps the part stage near the
     # instance ranking where the printed form drops it far below (RESULTS.md, "Eq. 4: two readings").
     part_score: PartScore = _MATCHER["part_score"].default
+    # k-reciprocal re-ranking of the final top n3 (reid.reciprocal): off here (n3 = 0) so that PGR alone
+    # is what a plain RetrievalParams() ranks; the matcher's settings turn it on for searches
+    n3: int = 0
+    a3: float = _MATCHER["a3"].default
+    k1: int = _MATCHER["k1"].default
+    k2: int = _MATCHER["k2"].default
+
+    @classmethod
+    def search_defaults(cls) -> RetrievalParams:
+        """What a search ranks with under the matcher's default settings (stage 3 on)."""
+        return cls(n3=_MATCHER["n3"].default)
 
     @classmethod
     def from_settings(cls, matcher: MatcherSettings) -> RetrievalParams:
         """The retrieval settings of a validated matcher config."""
-        return cls(matcher.n1, matcher.a1, matcher.n2, matcher.a2, part_score=matcher.part_score)
+        return cls(
+            matcher.n1,
+            matcher.a1,
+            matcher.n2,
+            matcher.a2,
+            part_score=matcher.part_score,
+            n3=matcher.n3,
+            a3=matcher.a3,
+            k1=matcher.k1,
+            k2=matcher.k2,
+        )
 
 
 @dataclass
 class RetrievalResult:
     """Rankings of the gallery for Q queries, best first; every tensor is (Q, L).
 
-    `score` is the score that placed the item (s2 for stage 2, s1 for stage 1, s_ins for stage 0), so
-    scores are comparable within a stage only. s_part / s_pixel are NaN where that stage did not run.
+    `score` is the score that placed the item (s3 for stage 3, s2 for stage 2, s1 for stage 1, s_ins for
+    stage 0), so scores are comparable within a stage only. s_part / s_pixel are NaN where that stage did
+    not run.
     """
 
     indices: torch.Tensor  # gallery rows, long
     score: torch.Tensor
-    stage: torch.Tensor  # int8: 2, 1 or 0
+    stage: torch.Tensor  # int8: 3, 2, 1 or 0
     s_ins: torch.Tensor
     s_part: torch.Tensor
     s_pixel: torch.Tensor
@@ -163,6 +188,33 @@ def stage2_score(s1: torch.Tensor, sim_pixel: torch.Tensor, a2: float) -> torch.
 
 def _sort(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def reciprocal_rerank(
+    gallery: GalleryFeatures, top: torch.Tensor, score: torch.Tensor, params: RetrievalParams, chunk: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3: (order (Q, K), s3 (Q, K) in that order) of the candidates `top` (Q, K gallery rows, best
+    first) that scored `score` against their query, re-ranked by k-reciprocal neighbours among themselves.
+    The candidates' similarity to each other is s1 (a1 s_ins + (1 - a1) s_part)."""
+    q, k = top.shape
+    orders, scores = [], []
+    for start in range(0, q, chunk):
+        rows = top[start : start + chunk]
+        c = rows.shape[0]
+        sim = torch.ones(c, k + 1, k + 1)
+        sim[:, 1:, 1:] = s_within(
+            gallery.instances[rows],
+            gallery.parts[rows],
+            gallery.visibility[rows],
+            params.a1,
+            isp=params.part_score == "isp",
+        )
+        sim[:, 0, 1:] = sim[:, 1:, 0] = score[start : start + chunk].float()
+        s3 = 1 - reciprocal_distance(sim, params.k1, params.k2, params.a3)
+        order = _sort(s3)
+        orders.append(order)
+        scores.append(s3.gather(1, order))
+    return torch.cat(orders), torch.cat(scores)
 
 
 PixelLoader = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
@@ -219,13 +271,29 @@ def progressive_retrieval(
     nan = torch.full_like(sim_ins, float("nan"))
     stage = torch.zeros_like(order, dtype=torch.int8)
     stage[:, :n2], stage[:, n2:n1] = 2, 1
+    # the top n1 in their final order, then the rest by s_ins
+    head = torch.cat([top, cand[:, n2:]], dim=1)
+    columns = {
+        "score": torch.cat([s2, s1[:, n2:]], dim=1),
+        "s_ins": torch.cat([ins1.gather(1, o2), ins1[:, n2:]], dim=1),
+        "s_part": torch.cat([part1.gather(1, o2), part1[:, n2:]], dim=1),
+        "s_pixel": torch.cat([pix2, nan[:, n2:n1]], dim=1),
+    }
+    n3 = min(params.n3, n1)
+    if n3 > 1:
+        o3, s3 = reciprocal_rerank(gallery, head[:, :n3], columns["score"][:, :n3], params)
+        head = torch.cat([head[:, :n3].gather(1, o3), head[:, n3:]], dim=1)
+        for name, col in columns.items():
+            columns[name] = torch.cat([col[:, :n3].gather(1, o3), col[:, n3:]], dim=1)
+        columns["score"][:, :n3] = s3
+        stage[:, :n3] = 3
     return RetrievalResult(
-        indices=torch.cat([top, cand[:, n2:], rest], dim=1),
-        score=torch.cat([s2, s1[:, n2:], sim_ins.gather(1, rest)], dim=1),
+        indices=torch.cat([head, rest], dim=1),
+        score=torch.cat([columns["score"], sim_ins.gather(1, rest)], dim=1),
         stage=stage,
-        s_ins=torch.cat([ins1.gather(1, o2), ins1[:, n2:], sim_ins.gather(1, rest)], dim=1),
-        s_part=torch.cat([part1.gather(1, o2), part1[:, n2:], nan[:, n1:]], dim=1),
-        s_pixel=torch.cat([pix2, nan[:, n2:]], dim=1),
+        s_ins=torch.cat([columns["s_ins"], sim_ins.gather(1, rest)], dim=1),
+        s_part=torch.cat([columns["s_part"], nan[:, n1:]], dim=1),
+        s_pixel=torch.cat([columns["s_pixel"], nan[:, n1:]], dim=1),
     )
 
 

@@ -114,6 +114,27 @@ def s_part(
     return _squeeze_if(unbatched, out)
 
 
+def s_within(
+    instances: torch.Tensor, parts: torch.Tensor, visible: torch.Tensor, a1: float, isp: bool
+) -> torch.Tensor:
+    """s1 = a1 s_ins + (1 - a1) s_part (Eqs. 2, 4) between every pair of B sets of n items each.
+
+    instances (B, n, d), parts (B, n, p, d), visible (B, n, p) bool; `isp` selects the ISP reading of
+    Eq. 4 (as `global_sim` does in `s_part`). Returns (B, n, n), symmetric, 1 on the diagonal (for parts
+    and instances that are not all zero).
+    """
+    x = _unit(instances)
+    sim_ins = 0.5 + 0.5 * torch.bmm(x, x.transpose(1, 2))
+    if a1 >= 1:
+        return sim_ins
+    u = _unit(parts)
+    cos = torch.einsum("bikd,bjkd->bijk", u, u)
+    v = visible.bool()
+    both = v[:, :, None, :] & v[:, None, :, :]
+    sim_part = _part_score(cos, both, sim_ins if isp else None)
+    return a1 * sim_ins + (1 - a1) * sim_part
+
+
 def pixel_matches(
     xq: torch.Tensor, cq: torch.Tensor, mq: torch.Tensor, xg: torch.Tensor, mg: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

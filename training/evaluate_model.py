@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pgr.files import write_atomically
 from pgr.messages import CropFeatures
 from pgr.paths import REPO, asset_weights_dir
-from pgr.settings import DEFAULT_OPENVINO_REID
+from pgr.settings import DEFAULT_OPENVINO_REID, MatcherSettings
 from reid.openvino_backbone import PRECISIONS
 from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 from reid.pgr_extractor import PGRExtractor
@@ -130,7 +130,7 @@ def evaluate_in_memory(
     query_samples = ds.query[:queries] if queries else ds.query
     gallery = extract(extractor, ds.gallery, batch, "gallery")
     query = extract(extractor, query_samples, batch, "query")
-    base = RetrievalParams()
+    base = RetrievalParams()  # stage 3 off, as RetrievalParams() has it
     metrics: dict[str, float] = {}
     for name, params in (("I", replace(base, n1=1, n2=1)), ("PGR", base)):
         r = evaluate_result(progressive_retrieval(query, gallery, params), query_samples, ds.gallery)
@@ -208,12 +208,19 @@ def run(args: argparse.Namespace) -> dict:
     rows: dict[str, dict] = {}
     # Eq. 4 as printed; each variant names its reading. a1, a2 (and N1, N2) as chosen on validation data.
     base = RetrievalParams(part_score="eq4", a1=args.a1, a2=args.a2, n1=args.n1, n2=args.n2)
+    stage3 = {"a3": args.a3, "k1": args.k1, "k2": args.k2}
     variants = {
         "I": replace(base, n1=1, n2=1),  # stage 0 only: s_ins ranking (N1=N2=1 re-ranks nothing else)
         "I+P (Eq. 4 as printed)": replace(base, n2=1),
         "I+P+Px progressive (Eq. 4 as printed)": base,
         "I+P (ISP reading)": replace(base, n2=1, part_score="isp"),
         "I+P+Px progressive (ISP reading)": replace(base, part_score="isp"),
+        # stage 3: the final top n3 re-ranked by k-reciprocal neighbours, on 0277's / the model's instance
+        # ranking alone (a1 = 1: the candidates' similarity to each other is s_ins) and on PGR's
+        "I + re-ranking": replace(base, n1=args.n3, n2=1, a1=1.0, n3=args.n3, **stage3),
+        "I+P+Px progressive + re-ranking (ISP reading)": replace(
+            base, part_score="isp", n3=args.n3, **stage3
+        ),
     }
     curves: dict[str, np.ndarray] = {}
     results: dict[str, RetrievalResult] = {}
@@ -384,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a2", type=float, default=defaults.a2)
     ap.add_argument("--n1", type=int, default=defaults.n1)
     ap.add_argument("--n2", type=int, default=defaults.n2)
+    stage3 = MatcherSettings.model_fields
+    ap.add_argument("--n3", type=int, default=stage3["n3"].default, help="stage 3 rows: candidates re-ranked")
+    ap.add_argument("--a3", type=float, default=stage3["a3"].default)
+    ap.add_argument("--k1", type=int, default=stage3["k1"].default)
+    ap.add_argument("--k2", type=int, default=stage3["k2"].default)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--pixel-dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)

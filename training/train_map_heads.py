@@ -70,6 +70,11 @@ class MapHeadsTrainConfig(StrictModel):
     val_instance_mix: list[float] = [0.0]
     val_a1: list[float] = [0.05]
     val_a2: list[float] = [0.8]
+    # stage 3 (k-reciprocal re-ranking of the final top n3): each combination is one more row per (a1, a2)
+    val_n3: list[int] = []
+    val_k1: list[int] = [20]
+    val_k2: list[int] = [6]
+    val_a3: list[float] = [0.3]
 
 
 def split_identities(samples: list[Sample], val_ids: int) -> tuple[list[int], list[int], list[int]]:
@@ -140,8 +145,17 @@ def gallery_features(heads: MapHeads, maps: np.ndarray, embs: np.ndarray, pixel_
 
 
 def rankings(base: RetrievalParams) -> dict[str, RetrievalParams]:
-    """The three ablation rows of one setting: instance only, + parts, + pixels."""
-    return {"I": replace(base, n1=1, n2=1), "I+P": replace(base, n2=1), "I+P+Px": base}
+    """The three ablation rows of one setting: instance only, + parts, + pixels (no stage 3)."""
+    plain = replace(base, n3=0)
+    return {"I": replace(plain, n1=1, n2=1), "I+P": replace(plain, n2=1), "I+P+Px": plain}
+
+
+def reranked(base: RetrievalParams, cfg: MapHeadsTrainConfig) -> dict[str, RetrievalParams]:
+    """The stage-3 rows of one setting: I+P+Px re-ranked, for every combination of the stage-3 grid."""
+    return {
+        f"I+P+Px+R n3 {n3} k1 {k1} k2 {k2} a3 {a3:g}": replace(base, n3=n3, k1=k1, k2=k2, a3=a3)
+        for n3, k1, k2, a3 in product(cfg.val_n3, cfg.val_k1, cfg.val_k2, cfg.val_a3)
+    }
 
 
 def validate(
@@ -156,7 +170,7 @@ def validate(
         g = gallery_features(heads, cache.maps[gallery], cache.embeddings[gallery], cfg.pixel_dim)
         for a1, a2 in product(cfg.val_a1, cfg.val_a2):
             params = RetrievalParams(a1=a1, a2=a2)
-            for name, p in rankings(params).items():
+            for name, p in {**rankings(params), **reranked(params, cfg)}.items():
                 r = evaluate_result(progressive_retrieval(q, g, p), q_samples, g_samples)
                 rows.append({"instance_mix": mix, "a1": a1, "a2": a2, "ranking": name, **r.row()})
                 print(json.dumps(rows[-1]))

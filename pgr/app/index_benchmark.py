@@ -11,9 +11,10 @@ every query added to the process's resident size (its own memory, and the pages 
 that it mapped), and the files on disk.
 
 `search`: the same rows with their part and pixel features in the feature store, then the whole operator
-search (`matcher.search.search_features`: stage 1, parts of the N1 candidates, pixels of the N2, metadata
-of the results) under the same filters, and, alone, the load of the N1 candidates' parts and pixels: from
-the page cache, and from the disk (the store's pages dropped from the cache first, 10 queries).
+search (`matcher.search.search_features`: stage 1, parts of the N1 candidates, pixels of the N2, stage 3
+on the top N3 (the matcher's default settings), metadata of the results) under the same filters, and,
+alone, the load of the N1 candidates' parts and pixels: from the page cache, and from the disk (the
+store's pages dropped from the cache first, 10 queries).
 
 The rows are synthetic from real features: each is a noisy copy of one real crop's features (the instance
 vector plus Gaussian noise of `--noise` per dimension, renormalised: cosine ~0.9 to its source, about what
@@ -468,10 +469,10 @@ def bench_search(args) -> dict:
     reuse = _reused(args, folder / "index", layout, real)
     if not reuse:
         _need_disk(folder, args.rows * per_row / 2**20)
-    params = RetrievalParams()
+    params = RetrievalParams.search_defaults()
     result = {**_machine(), "backend": "embedded", "rows": args.rows, "cameras": args.cameras}
     result["data"] = {"real_crops": real.origin, "model": real.model, "dim": dim, "noise": args.noise}
-    result["params"] = {"n1": params.n1, "n2": params.n2, "top_k": args.top_k}
+    result["params"] = {"n1": params.n1, "n2": params.n2, "n3": params.n3, "top_k": args.top_k}
     try:
         index = EmbeddedIndex(folder / "index", dim=dim, model=real.model)
         features = FeatureStore(folder / "features")
