@@ -55,6 +55,7 @@ class IndexedDetection:
     s_ins: float = float("nan")
     s_part: float = float("nan")
     s_pixel: float = float("nan")
+    stage: int = 0  # for searches, the retrieval stage whose score placed it (reid.retrieval: 3, 2, 1, 0)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,8 @@ def search_features(
         if c is None:
             out.append(replace(h, score=instance_score[h.detection_id]))
         else:
-            out.append(replace(h, **{name: float(v[c]) for name, v in scores.items()}))
+            stage = int(ranked.stage[0, c])
+            out.append(replace(h, stage=stage, **{name: float(v[c]) for name, v in scores.items()}))
     rank = {det_id: r for r, det_id in enumerate(ids)}
     return sorted(out, key=lambda h: rank[h.detection_id])
 
@@ -146,15 +147,20 @@ def fuse_rankings(
     rankings: list[list[IndexedDetection]], exclude: set[str] = frozenset()
 ) -> list[IndexedDetection]:
     """One ranking from several queries' (query expansion): each detection at its best score, best first;
-    the `exclude`d ids (results the operator rejected) are left out."""
+    the `exclude`d ids (results the operator rejected) are left out. Scores are comparable within a
+    retrieval stage only (stage 3's s3 is on another scale than s2 or s1), so a later stage ranks first."""
     best: dict[str, IndexedDetection] = {}
     for hits in rankings:
         for h in hits:
             if h.detection_id not in exclude and (
-                h.detection_id not in best or h.score > best[h.detection_id].score
+                h.detection_id not in best or _placing(h) > _placing(best[h.detection_id])
             ):
                 best[h.detection_id] = h
-    return sorted(best.values(), key=lambda h: -h.score)
+    return sorted(best.values(), key=_placing, reverse=True)
+
+
+def _placing(h: IndexedDetection) -> tuple[int, float]:
+    return h.stage, h.score
 
 
 class ModelMismatch(ValueError):

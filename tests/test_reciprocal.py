@@ -67,3 +67,23 @@ def test_stage3_reorders_the_final_top_n3_only():
     # n3 = 1 (or 0) leaves progressive retrieval as it was
     same = progressive_retrieval(query, gallery, replace(plain, n3=1))
     assert torch.equal(same.indices, before.indices) and torch.equal(same.stage, before.stage)
+
+
+def test_fused_rankings_put_a_later_stage_first():
+    from matcher.index import IndexedDetection
+    from matcher.search import fuse_rankings
+
+    def hit(det_id: str, stage: int, score: float) -> IndexedDetection:
+        return IndexedDetection(
+            det_id, "cam", 0.0, 0, 0, (0, 0, 1, 1), 1.0, "", "m", 0.0, 0.0, score, stage=stage
+        )
+
+    # stage-3 scores (1 - d3) run lower than the s1 of the items after the top n3
+    first = [hit("a", 3, 0.61), hit("b", 3, 0.40), hit("c", 1, 0.93)]
+    second = [hit("b", 3, 0.55), hit("d", 3, 0.50), hit("a", 1, 0.95)]
+    fused = fuse_rankings([first, second], exclude={"d"})
+    assert [(h.detection_id, h.stage, h.score) for h in fused] == [
+        ("a", 3, 0.61),
+        ("b", 3, 0.55),
+        ("c", 1, 0.93),
+    ]

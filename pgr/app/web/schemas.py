@@ -73,6 +73,11 @@ class SearchHit(DetectionOut):
     s_ins: float | None = Field(None, description="instance similarity (stage 1)")
     s_part: float | None = Field(None, description="part similarity (top n1 re-ranked)")
     s_pixel: float | None = Field(None, description="pixel similarity (top n2 re-ranked)")
+    stage: int = Field(
+        0,
+        description="the stage whose score placed it: 3 (k-reciprocal, top n3), 2 (pixels), 1 (parts), "
+        "0 (instance); scores compare within a stage",
+    )
 
     @classmethod
     def ranked(cls, rank: int, d: IndexedDetection) -> SearchHit:
@@ -83,6 +88,7 @@ class SearchHit(DetectionOut):
             s_ins=_score(d.s_ins),
             s_part=_score(d.s_part),
             s_pixel=_score(d.s_pixel),
+            stage=d.stage,
         )
 
 
