@@ -81,6 +81,11 @@ class PipelineMetrics(ServedRegistry):
             "Crops of a track the re-ID stage did not extract (reid.sample_every_s)",
             registry=r,
         )
+        self.crops_shed = Counter(
+            "pgr_crops_shed",
+            "Crops the re-ID stage did not extract because it was behind (reid.shed_after_s)",
+            registry=r,
+        )
         self.records_indexed = Counter(
             "pgr_records_indexed", "Feature records written to the index", registry=r
         )

@@ -176,6 +176,14 @@ class ReidSettings(StrictModel):
         description="extract a track's crops at most this often (stream seconds; 0: every crop); the others "
         "are not indexed (reid/sampling.py; RESULTS.md IDENTITIES has the trade)",
     )
+    shed_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="live load shedding: a crop that waited longer than this since its frame was read is "
+        "extracted only if its track had none for shed_every_s (0: off, every crop waits its turn; "
+        "reid/sampling.py)",
+    )
+    shed_every_s: float = Field(4.0, gt=0, description="the sampling interval while shedding (stream s)")
 
     @model_validator(mode="after")
     def _placeholder_needs_mobilenet(self) -> ReidSettings:
@@ -491,12 +499,14 @@ class Settings(StrictModel):
 
     @model_validator(mode="after")
     def _sampling_within_end_gap(self) -> Settings:
-        every, gap = self.reid.sample_every_s, self.matcher.identities.end_gap_s
-        if self.matcher.identities.enabled and every >= gap:
-            raise ValueError(
-                f"reid.sample_every_s ({every}) must be below matcher.identities.end_gap_s ({gap}): "
-                "else the matcher ends a sampled tracklet between two of its extracted crops"
-            )
+        gap = self.matcher.identities.end_gap_s
+        shed_every = self.reid.shed_every_s if self.reid.shed_after_s > 0 else 0.0
+        for name, every in (("sample_every_s", self.reid.sample_every_s), ("shed_every_s", shed_every)):
+            if self.matcher.identities.enabled and every >= gap:
+                raise ValueError(
+                    f"reid.{name} ({every}) must be below matcher.identities.end_gap_s ({gap}): "
+                    "else the matcher ends a sampled tracklet between two of its extracted crops"
+                )
         return self
 
     @model_validator(mode="after")

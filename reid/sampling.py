@@ -10,6 +10,11 @@ redelivered crop gets the decision it got before (the last `REMEMBERED` decision
 With S below the matcher's `end_gap_s`, a tracklet's extracted crops stay close enough that the matcher
 never ends it early.
 
+Load shedding (`reid.shed_after_s` = A > 0, for live cameras): a crop that reaches the stage more than A
+seconds (wall clock) after its frame was read means the stage is behind; such a crop is extracted only by
+the rule above with S raised to `reid.shed_every_s`, so a backlog drains at the cost of some views of
+each track, not by making every identity late (counted as shed). A stage that keeps up sheds nothing.
+
 >>> sampler = TrackSampler(every_s=4.0)
 >>> sampler.wants(detection)  # doctest: +SKIP
 True
@@ -17,49 +22,69 @@ True
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pgr.messages import Detection, track_key
 
 REMEMBERED = 64  # decisions per track kept for redelivery (more than an uncommitted batch holds)
+Decision = Literal["extract", "sampled", "shed"]
 
 
 @dataclass
 class _Track:
     last_extracted: float
     last_seen: float
-    decided: dict[str, bool] = field(default_factory=dict)  # detection id -> extracted, oldest first
+    decided: dict[str, Decision] = field(default_factory=dict)  # detection id -> decision, oldest first
 
 
 class TrackSampler:
-    """The sampling rule's state: per live track, when its last extracted crop was seen."""
+    """The sampling rule's state: per live track, when its last extracted crop was seen. `clock` is the
+    wall clock that `Detection.read_at` is on (shedding compares the two)."""
 
-    def __init__(self, every_s: float, forget_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        every_s: float,
+        forget_s: float = 300.0,
+        shed_after_s: float = 0.0,
+        shed_every_s: float = 4.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
+        self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
         self.calls = 0
 
     def wants(self, det: Detection) -> bool:
         """Whether to extract this crop (and remember the decision)."""
-        if self.every_s <= 0 or det.track_id < 0:
-            return True
+        return self.decide(det) == "extract"
+
+    def decide(self, det: Detection) -> Decision:
+        """extract, sampled (the S rule) or shed (late, and its track had a crop extracted recently)."""
+        if (self.every_s <= 0 and self.shed_after_s <= 0) or det.track_id < 0:
+            return "extract"
         self._forget(det)
         key = track_key(det)
         t = self.tracks.get(key)
         if t is not None and det.detection_id in t.decided:
             return t.decided[det.detection_id]  # redelivered: the same answer
+        late = 0 < self.shed_after_s < self.clock() - det.read_at
+        every = max(self.every_s, self.shed_every_s) if late else self.every_s
         # first crop, S seconds on, or a clock that went back (a camera reboot): extract
-        wanted = t is None or abs(det.timestamp - t.last_extracted) >= self.every_s
+        since = float("inf") if t is None else abs(det.timestamp - t.last_extracted)
+        decision: Decision = "extract" if since >= every else "shed" if since >= self.every_s else "sampled"
         if t is None:
             t = self.tracks[key] = _Track(det.timestamp, det.timestamp)
-        if wanted:
+        if decision == "extract":
             t.last_extracted = det.timestamp
         t.last_seen = max(t.last_seen, det.timestamp)
-        t.decided[det.detection_id] = wanted
+        t.decided[det.detection_id] = decision
         if len(t.decided) > REMEMBERED:
             del t.decided[next(iter(t.decided))]
-        return wanted
+        return decision
 
     def _forget(self, det: Detection) -> None:
         """Drop tracks not seen for `forget_s` of their camera's stream time (bounded memory)."""

@@ -46,8 +46,12 @@ class ReidWorker:
         for msg in messages:
             try:
                 rec = decode_crop(msg.value)
-                if self.sampler is not None and not self.sampler.wants(rec.detection):
-                    self.metrics.crops_sampled_out.inc()
+                decision = "extract" if self.sampler is None else self.sampler.decide(rec.detection)
+                if decision != "extract":
+                    skipped = (
+                        self.metrics.crops_shed if decision == "shed" else self.metrics.crops_sampled_out
+                    )
+                    skipped.inc()
                     continue
                 good.append((msg, rec, decode_image(rec.jpeg)))
             except Exception as exc:  # a record must never stop the worker

@@ -634,3 +634,49 @@ def test_the_reid_stage_extracts_a_sample_of_each_track(pets, tmp_path, write_co
     )
     with pytest.raises(SettingsError, match="sample_every_s"):
         load_settings(config)
+
+
+def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, write_config):
+    """reid.shed_after_s: crops that waited longer than that since their frame was read are sampled as with
+    shed_every_s (counted as shed, not sampled out); a stage that keeps up sheds nothing."""
+    from pgr.messages import CropRecord, encode_crop
+    from pgr.settings import SettingsError
+    from reid.sampling import TrackSampler
+
+    settings, records, extractor, _ = pets
+    crops = [CropRecord(r.detection, r.jpeg) for r in records]
+    first_read, newest_read = min(c.detection.read_at for c in crops), max(c.detection.read_at for c in crops)
+    on_time = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: first_read)
+    assert all(on_time.decide(c.detection) == "extract" for c in crops)
+    behind = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: newest_read + 60)
+    decisions = [behind.decide(c.detection) for c in crops]
+    reference = TrackSampler(every_s=4.0)
+    assert decisions == ["extract" if reference.wants(c.detection) else "shed" for c in crops]
+    assert "shed" in decisions
+
+    bus, done = InProcessBus(capacity=100_000), threading.Event()
+    producer = bus.producer()
+    for c in crops:
+        producer.send(settings.topics.crops, encode_crop(c))
+    done.set()
+    # the fixture's frames were read before this test: every crop is late by more than 1 ms
+    reid = settings.reid.model_copy(update={"shed_after_s": 0.001, "shed_every_s": 4.0})
+    metrics = PipelineMetrics()
+    run_reid_stage(
+        settings.model_copy(update={"reid": reid}), bus, metrics, threading.Event(), done, extractor
+    )
+    out = [decode_feature(m.value).detection.detection_id for m in bus.records(settings.topics.features)]
+    assert out == [c.detection.detection_id for c, d in zip(crops, decisions, strict=True) if d == "extract"]
+    assert metrics.crops_shed._value.get() == len(crops) - len(out) > 0
+    assert metrics.crops_sampled_out._value.get() == 0
+
+    config = write_config(
+        reid={"device": "cpu", "shed_after_s": 2.0, "shed_every_s": 5.0},
+        matcher={
+            "milvus_uri": str(tmp_path / "i.db"),
+            "thumbnails_dir": str(tmp_path / "t"),
+            "identities": {"end_gap_s": 5.0},
+        },
+    )
+    with pytest.raises(SettingsError, match="shed_every_s"):
+        load_settings(config)

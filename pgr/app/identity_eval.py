@@ -2,6 +2,7 @@
 
     python -m pgr.app.identity_eval replay --dataset dukemtmc --bootstrap HOST:PORT [--config FILE]
         [--minutes M --start S] [--speed 10] [--threshold T] [--instance-only] [--sample-every S]
+        [--shed-after A --shed-every S] [--reid-process]
     python -m pgr.app.identity_eval calibrate --dataset dukemtmc [--config FILE] [--maps DIR] [--grid ...]
         [--merge-delta ...] [--sample-every ...] [--modes pgr instance] [--jobs 2]
     python -m pgr.app.identity_eval topology --dataset dukemtmc      # camera topology from the training split
@@ -148,7 +149,15 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
     return {
         "transport": {"kind": "kafka", "bootstrap": args.bootstrap, "partitions": 1, "group_prefix": run},
         "topics": {n: f"{run}.{n}" for n in ("crops", "features", "identities", "dead_letter")},
-        "reid": {} if args.sample_every is None else {"sample_every_s": args.sample_every},
+        "reid": {
+            name: value
+            for name, value in (
+                ("sample_every_s", args.sample_every),
+                ("shed_after_s", args.shed_after),
+                ("shed_every_s", args.shed_every),
+            )
+            if value is not None
+        },
         "matcher": {
             "thumbnails_dir": str(workdir / "thumbnails"),
             "features_dir": str(workdir / "features"),
@@ -268,6 +277,9 @@ def run_replay(args) -> dict:
         sample_every_s=settings.reid.sample_every_s,
         crops_extracted=int(extracted),
         crops_sampled_out=int(metrics.crops_sampled_out._value.get()),
+        crops_shed=int(metrics.crops_shed._value.get()),
+        shed_after_s=settings.reid.shed_after_s,
+        shed_every_s=settings.reid.shed_every_s,
         extracted_per_s=round(extracted / total_s, 1),
         reid_in_its_own_process=bool(args.reid_process),
         load_average_before=[round(v, 2) for v in load_before],
@@ -319,6 +331,7 @@ def reid_process(
         time.sleep(2.0)  # its last batch: published after the commit that ended the lag
         metrics.features_extracted.inc(max(proc.total("pgr_features_extracted_total"), 0))
         metrics.crops_sampled_out.inc(max(proc.total("pgr_crops_sampled_out_total"), 0))
+        metrics.crops_shed.inc(max(proc.total("pgr_crops_shed_total"), 0))
     finally:
         proc.ensure_stopped()
 
@@ -751,6 +764,16 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="reid.sample_every_s: extract a track's crops this often",
+    )
+    replay.add_argument(
+        "--shed-after",
+        type=float,
+        help="reid.shed_after_s: load shedding for crops that waited longer (wall s; default: the config's)",
+    )
+    replay.add_argument(
+        "--shed-every",
+        type=float,
+        help="reid.shed_every_s: the sampling while shedding (default: the config's)",
     )
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"

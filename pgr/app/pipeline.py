@@ -129,7 +129,12 @@ def run_reid_stage(
     """Consume crops, publish features, until stopped (or drained once upstream is done)."""
     extractor = extractor or build_extractor(settings.reid)
     producer = transport.producer()
-    sampler = TrackSampler(settings.reid.sample_every_s) if settings.reid.sample_every_s > 0 else None
+    r = settings.reid
+    sampler = (
+        TrackSampler(r.sample_every_s, shed_after_s=r.shed_after_s, shed_every_s=r.shed_every_s)
+        if r.sample_every_s > 0 or r.shed_after_s > 0
+        else None
+    )
     topics = settings.topics
     worker = ReidWorker(extractor, producer, topics.features, topics.dead_letter, metrics, sampler)
     consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
