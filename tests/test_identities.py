@@ -680,3 +680,14 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     )
     with pytest.raises(SettingsError, match="shed_every_s"):
         load_settings(config)
+
+
+def test_process_cpu_seconds_for_the_replay_report():
+    import os
+
+    from pgr.app.identity_eval import own_cpu_s, process_cpu_s
+
+    sum(i * i for i in range(200_000))  # some CPU of our own
+    mine = process_cpu_s(os.getpid())
+    assert mine is not None and 0 < mine <= own_cpu_s() + 0.05
+    assert process_cpu_s(None) is None and process_cpu_s(2**22 + 12345) is None

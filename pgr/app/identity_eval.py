@@ -223,6 +223,7 @@ def run_replay(args) -> dict:
     extractor = build_extractor(settings.reid)
     stop, published, reid_done = threading.Event(), threading.Event(), threading.Event()
     errors: list[str] = []
+    reid_cpu: dict[str, float] = {}  # the re-ID process's CPU seconds, with --reid-process
 
     def guarded(fn, done: threading.Event | None) -> None:
         try:
@@ -238,7 +239,9 @@ def run_replay(args) -> dict:
 
     def reid() -> None:
         if args.reid_process:  # `pgr run reid`, as deployed: its own process (and interpreter lock)
-            reid_process(args, settings, overrides, workdir, metrics, stop, published)
+            reid_cpu["reid_process"] = reid_process(
+                args, settings, overrides, workdir, metrics, stop, published
+            )
         else:
             run_reid_stage(settings, transport, metrics, stop, published, extractor)
 
@@ -253,6 +256,7 @@ def run_replay(args) -> dict:
         t.start()
     warm_up(settings, crops[0], metrics, stop)
     t0, load_before = time.time(), os.getloadavg()
+    cpu_before = own_cpu_s(), process_cpu_s(args.broker_pid)
     sent: dict[str, float] = {}
     guarded(lambda: publish(settings, crops, args.speed, stop, sent), published)
     replay_s = time.time() - t0
@@ -261,6 +265,10 @@ def run_replay(args) -> dict:
     if errors:
         raise RuntimeError("; ".join(errors))
     total_s = time.time() - t0
+    cpu_s = {"replay": round(own_cpu_s() - cpu_before[0], 1), **reid_cpu}
+    broker_after = process_cpu_s(args.broker_pid)
+    if cpu_before[1] is not None and broker_after is not None:
+        cpu_s["broker"] = round(broker_after - cpu_before[1], 1)
     store = IdentityStore(settings.matcher.identity_store_path)
     result = score_store(store, crops, sent)
     extracted = metrics.features_extracted._value.get()
@@ -290,6 +298,9 @@ def run_replay(args) -> dict:
         stream_s=round(crops[-1].time - crops[0].time, 1),
         cameras=len({c.camera for c in crops}),
         identity_events_on_topic=count_topic(settings),
+        # CPU seconds from the start of the timed replay to its end (the re-ID process: its whole life);
+        # the broker's with --broker-pid
+        cpu_s=cpu_s,
     )
     store.close()
     if not args.keep:
@@ -307,10 +318,11 @@ def reid_process(
     metrics: PipelineMetrics,
     stop: threading.Event,
     published: threading.Event,
-) -> None:
+) -> float:
     """The re-ID stage as a `pgr run reid` process over the same config: until the crops are published and
     its group has consumed them all, then stopped (it commits on SIGTERM). Its counts are added to
-    `metrics` (features extracted, crops sampled out), read from its /metrics before it stops."""
+    `metrics` (features extracted, crops sampled out or shed), read from its /metrics before it stops.
+    Returns the CPU seconds it used."""
     import yaml
 
     from pgr.app.local_stack import StageProcess, free_port, group_lag
@@ -323,17 +335,35 @@ def reid_process(
     reid_group, crops_topic = group(settings, "reid"), settings.topics.crops
     try:
         while not (published.is_set() or stop.is_set()):
-            assert proc.proc.poll() is None, f"pgr run reid exited: {proc.tail()}"
+            if proc.proc.poll() is not None:
+                raise RuntimeError(f"pgr run reid exited: {proc.tail()}")
             time.sleep(0.5)
         while not stop.is_set() and group_lag(args.bootstrap, reid_group, crops_topic) > 0:
-            assert proc.proc.poll() is None, f"pgr run reid exited: {proc.tail()}"
+            if proc.proc.poll() is not None:
+                raise RuntimeError(f"pgr run reid exited: {proc.tail()}")
             time.sleep(0.5)
         time.sleep(2.0)  # its last batch: published after the commit that ended the lag
         metrics.features_extracted.inc(max(proc.total("pgr_features_extracted_total"), 0))
         metrics.crops_sampled_out.inc(max(proc.total("pgr_crops_sampled_out_total"), 0))
         metrics.crops_shed.inc(max(proc.total("pgr_crops_shed_total"), 0))
+        return process_cpu_s(proc.proc.pid) or 0.0
     finally:
         proc.ensure_stopped()
+
+
+def own_cpu_s() -> float:
+    """CPU seconds this process (every thread) has used."""
+    t = os.times()
+    return t.user + t.system
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds process `pid` has used (Linux /proc), None without a pid or when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 WARMUP = "warmup"  # the camera of the one crop sent before the timed replay
@@ -764,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="reid.sample_every_s: extract a track's crops this often",
+    )
+    replay.add_argument(
+        "--broker-pid", type=int, help="also report this process's CPU seconds (a local broker's)"
     )
     replay.add_argument(
         "--shed-after",
