@@ -554,7 +554,7 @@ def run_memory(args) -> dict:
     import tracemalloc
 
     split = replay_crops(args.data, args.dataset, "train", args.track_gap)
-    crops = window(split, args.minutes, args.start)
+    crops = window(held_out(split, args.held_out), args.minutes, args.start)
     settings = load_settings(args.config, check_models=False)
     records, model = replay_records(args, crops, settings, split)
     cfg = settings.matcher.identities.model_copy(update={"idle_end_s": 1e9, "end_gap_s": args.end_gap})
@@ -671,9 +671,19 @@ def run_calibration(args) -> dict:
         "start_min": args.start,
         "model": model,
         "crops": len(crops),
+        "held_out_identities": args.held_out,
         "grid": table,
         "best": best,
     }
+
+
+def held_out(crops: list[ReplayCrop], ids: int) -> list[ReplayCrop]:
+    """The crops of the last `ids` identities in identity order (training.train_map_heads.split_identities
+    holds out the same ones); all for 0."""
+    if ids <= 0:
+        return crops
+    keep = set(sorted({c.pid for c in crops})[-ids:])
+    return [c for c in crops if c.pid in keep]
 
 
 def run_search_trade(args) -> dict:
@@ -836,6 +846,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     calibrate.add_argument(
         "--modes", nargs="+", choices=["pgr", "instance"], default=["pgr", "instance"], help="matching"
+    )
+    calibrate.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        help="only the last N training identities (the validation ids a heads config held out, val_ids: "
+        "for heads trained on the others; 0: all)",
     )
     calibrate.add_argument(
         "--min-precision",
