@@ -201,7 +201,7 @@ def reciprocal_rerank(
     for start in range(0, q, chunk):
         rows = top[start : start + chunk]
         c = rows.shape[0]
-        sim = torch.ones(c, k + 1, k + 1)
+        sim = torch.ones(c, k + 1, k + 1, device=gallery.instances.device)
         sim[:, 1:, 1:] = s_within(
             gallery.instances[rows],
             gallery.parts[rows],
