@@ -358,12 +358,15 @@ def own_cpu_s() -> float:
 
 
 def process_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds process `pid` has used (Linux /proc), None without a pid or when it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError, TypeError):
+    """CPU seconds process `pid` has used, None without a pid or when it cannot be read."""
+    from pgr.app import local_stack
+
+    if pid is None:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    try:
+        return local_stack.process_cpu_s(pid)
+    except (OSError, IndexError):
+        return None
 
 
 WARMUP = "warmup"  # the camera of the one crop sent before the timed replay

@@ -19,6 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgr.paths import REPO
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc); OSError when it cannot be read."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (on 127.0.0.1)."""
     with socket.socket() as s:

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import yaml
 
-from pgr.app.local_stack import MilvusLiteServer, free_port, start_noida, stop_noida, topic_messages
+from pgr.app.local_stack import (
+    MilvusLiteServer,
+    free_port,
+    process_cpu_s,
+    start_noida,
+    stop_noida,
+    topic_messages,
+)
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS, assets_dir
 from pgr.settings import load_settings
@@ -40,12 +47,6 @@ SAMPLE_FPS = 5.0
 
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_config(folder: Path, name: str, **sections) -> Path:
@@ -135,11 +136,11 @@ def timed_trial(
     watch = _Group(bootstrap, group)
     try:
         _wait(lambda: watch.members() == count, procs, 900, f"{name}: {count} members joining")
-        cpu0 = sum(_proc_cpu_s(p.pid) for p in procs)
+        cpu0 = sum(process_cpu_s(p.pid) for p in procs)
         load_before, started = _load(), time.time()
         copy_topic(bootstrap, source, topic)
         _wait(lambda: watch.committed(topic) >= len(source), procs, 1800, f"{name}: consuming")
-        cpu = sum(_proc_cpu_s(p.pid) for p in procs) - cpu0
+        cpu = sum(process_cpu_s(p.pid) for p in procs) - cpu0
         done = time.time()
     finally:
         _stop(procs)
