@@ -10,10 +10,13 @@ redelivered crop gets the decision it got before (the last `REMEMBERED` decision
 With S below the matcher's `end_gap_s`, a tracklet's extracted crops stay close enough that the matcher
 never ends it early.
 
-Load shedding (`reid.shed_after_s` = A > 0, for live cameras): a crop that reaches the stage more than A
-seconds (wall clock) after its frame was read means the stage is behind; such a crop is extracted only by
-the rule above with S raised to `reid.shed_every_s`, so a backlog drains at the cost of some views of
-each track, not by making every identity late (counted as shed). A stage that keeps up sheds nothing.
+Load shedding (`reid.shed_after_s` = A > 0, for live cameras): a crop whose features would come out more
+than A seconds (wall clock) after its frame was read means the stage is behind; such a crop is extracted
+only by the rule above with S raised to `reid.shed_every_s`, so a backlog drains at the cost of some views
+of each track, not by making every identity late (counted as shed). A stage that keeps up sheds nothing.
+"Would come out": the wait so far plus `backlog_s`, the extraction already queued ahead of the crop in its
+batch (the worker's measured seconds a crop times the crops it has decided to extract): a burst that
+arrives in one large batch is shed from its first crops on, not only once the next batch is late too.
 
 >>> sampler = TrackSampler(every_s=4.0)
 >>> sampler.wants(detection)  # doctest: +SKIP
@@ -62,8 +65,9 @@ class TrackSampler:
         """Whether to extract this crop (and remember the decision)."""
         return self.decide(det) == "extract"
 
-    def decide(self, det: Detection) -> Decision:
-        """extract, sampled (the S rule) or shed (late, and its track had a crop extracted recently)."""
+    def decide(self, det: Detection, backlog_s: float = 0.0) -> Decision:
+        """extract, sampled (the S rule) or shed (late, and its track had a crop extracted recently);
+        `backlog_s`: the extraction queued ahead of this crop (seconds), counted in its lateness."""
         if (self.every_s <= 0 and self.shed_after_s <= 0) or det.track_id < 0:
             return "extract"
         self._forget(det)
@@ -71,7 +75,7 @@ class TrackSampler:
         t = self.tracks.get(key)
         if t is not None and det.detection_id in t.decided:
             return t.decided[det.detection_id]  # redelivered: the same answer
-        late = 0 < self.shed_after_s < self.clock() - det.read_at
+        late = 0 < self.shed_after_s < self.clock() - det.read_at + backlog_s
         every = max(self.every_s, self.shed_every_s) if late else self.every_s
         # first crop, S seconds on, or a clock that went back (a camera reboot): extract
         since = float("inf") if t is None else abs(det.timestamp - t.last_extracted)

@@ -35,6 +35,7 @@ class ReidWorker:
         self.features_topic, self.dead_letter_topic = features_topic, dead_letter_topic
         metrics.dead_lettered.labels(STAGE)  # exported at 0: the first dead letter is an increase
         self.sampler = sampler  # which crops of a track to extract (None: all)
+        self.crop_s = 0.0  # extraction seconds a crop, a moving average of the batches (shedding's backlog)
 
     def handle(self, messages: list[Message]) -> None:
         """Extract and publish; returns once every output is flushed (then the caller commits).
@@ -46,7 +47,10 @@ class ReidWorker:
         for msg in messages:
             try:
                 rec = decode_crop(msg.value)
-                decision = "extract" if self.sampler is None else self.sampler.decide(rec.detection)
+                backlog_s = len(good) * self.crop_s  # the extraction queued ahead of this crop
+                decision = (
+                    "extract" if self.sampler is None else self.sampler.decide(rec.detection, backlog_s)
+                )
                 if decision != "extract":
                     skipped = (
                         self.metrics.crops_shed if decision == "shed" else self.metrics.crops_sampled_out
@@ -59,7 +63,10 @@ class ReidWorker:
         if good:
             t0 = time.perf_counter()
             features = self._extract(good)
-            self.metrics.stage_latency.labels("extract").observe(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            self.metrics.stage_latency.labels("extract").observe(took)
+            per_crop = took / len(good)
+            self.crop_s = per_crop if self.crop_s == 0 else 0.8 * self.crop_s + 0.2 * per_crop
             for (msg, rec, _), f in zip(good, features, strict=True):
                 if f is not None:
                     self._publish(msg, rec, f)

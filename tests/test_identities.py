@@ -637,11 +637,13 @@ def test_the_reid_stage_extracts_a_sample_of_each_track(pets, tmp_path, write_co
 
 
 def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, write_config):
-    """reid.shed_after_s: crops that waited longer than that since their frame was read are sampled as with
-    shed_every_s (counted as shed, not sampled out); a stage that keeps up sheds nothing."""
+    """reid.shed_after_s: crops that waited longer than that since their frame was read (counting the
+    extraction queued ahead of them) are sampled as with shed_every_s (counted as shed, not sampled out); a
+    stage that keeps up sheds nothing."""
     from pgr.messages import CropRecord, encode_crop
     from pgr.settings import SettingsError
     from reid.sampling import TrackSampler
+    from reid.service import ReidWorker
 
     settings, records, extractor, _ = pets
     crops = [CropRecord(r.detection, r.jpeg) for r in records]
@@ -653,6 +655,9 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     reference = TrackSampler(every_s=4.0)
     assert decisions == ["extract" if reference.wants(c.detection) else "shed" for c in crops]
     assert "shed" in decisions
+    # on time so far, but with the extraction queued ahead of them the crops would come out late
+    queued = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: first_read)
+    assert [queued.decide(c.detection, backlog_s=60.0) for c in crops] == decisions
 
     bus, done = InProcessBus(capacity=100_000), threading.Event()
     producer = bus.producer()
@@ -669,6 +674,19 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     assert out == [c.detection.detection_id for c, d in zip(crops, decisions, strict=True) if d == "extract"]
     assert metrics.crops_shed._value.get() == len(crops) - len(out) > 0
     assert metrics.crops_sampled_out._value.get() == 0
+
+    # the worker counts the batch's queued extraction: no crop waited A, but each costs (say) 1000 s, so
+    # every crop after the batch's first is late; the measured cost replaces the assumed one
+    bus = InProcessBus(capacity=100_000)
+    for c in crops:
+        bus.producer().send(settings.topics.crops, encode_crop(c))
+    lag = newest_read - first_read + 1.0
+    sampler = TrackSampler(0.0, shed_after_s=lag, shed_every_s=4.0, clock=lambda: newest_read)
+    worker = ReidWorker(extractor, bus.producer(), "f", "dlq", PipelineMetrics(), sampler)
+    worker.crop_s = 1000.0
+    worker.handle(bus.records(settings.topics.crops))
+    assert [decode_feature(m.value).detection.detection_id for m in bus.records("f")] == out
+    assert 0 < worker.crop_s < 1000.0
 
     config = write_config(
         reid={"device": "cpu", "shed_after_s": 2.0, "shed_every_s": 5.0},
