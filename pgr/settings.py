@@ -179,9 +179,9 @@ class ReidSettings(StrictModel):
     shed_after_s: float = Field(
         0.0,
         ge=0,
-        description="live load shedding: a crop that waited longer than this since its frame was read is "
-        "extracted only if its track had none for shed_every_s (0: off, every crop waits its turn; "
-        "reid/sampling.py)",
+        description="live load shedding: a crop whose features would come out longer than this after its "
+        "frame was read (its wait plus the extraction queued ahead of it) is extracted only if its track "
+        "had none for shed_every_s (0: off, every crop waits its turn; reid/sampling.py)",
     )
     shed_every_s: float = Field(4.0, gt=0, description="the sampling interval while shedding (stream s)")
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,15 @@ def test_redelivered_records_found_no_second_identity(pets, tmp_path):
     reference.close()
 
 
+def _committed_events(path: Path) -> int:
+    """Identity events committed to the store at `path` (read-only, beside the matcher that writes it)."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute("SELECT count(*) FROM events").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
 def test_matcher_killed_mid_replay_ends_with_the_same_identities(
     pets, kafka_bootstrap, write_config, tmp_path, monkeypatch
 ):
@@ -209,6 +220,12 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
 
     killed = Service("matcher", config, tmp_path, "ids")
     killed.wait_metric("pgr_identity_events_total", 3, (("kind", "created"),))
+    # the metric counts an event as it is decided, a moment before the store commits it: kill once some
+    # decision is committed, so the kill lands mid-replay and not before the first commit
+    deadline = time.monotonic() + 60
+    while _committed_events(tmp_path / "identities.sqlite") == 0:
+        assert time.monotonic() < deadline, killed.log.read_text()[-3000:]
+        time.sleep(0.05)
     killed.stop(signal.SIGKILL)
     store = IdentityStore(tmp_path / "identities.sqlite")
     decided_before_kill = len(store.events())

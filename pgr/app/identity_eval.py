@@ -4,7 +4,7 @@
         [--minutes M --start S] [--speed 10] [--threshold T] [--instance-only] [--sample-every S]
         [--shed-after A --shed-every S] [--reid-process]
     python -m pgr.app.identity_eval calibrate --dataset dukemtmc [--config FILE] [--maps DIR] [--grid ...]
-        [--merge-delta ...] [--sample-every ...] [--modes pgr instance] [--jobs 2]
+        [--merge-delta ...] [--sample-every ...] [--window ...] [--modes pgr instance] [--jobs 2]
     python -m pgr.app.identity_eval topology --dataset dukemtmc      # camera topology from the training split
     python -m pgr.app.identity_eval memory --dataset dukemtmc        # the matcher's memory on a long stream
     python -m pgr.app.identity_eval search --dataset dukemtmc        # what sampling costs the search
@@ -612,10 +612,11 @@ def sampled(records: list[FeatureRecord], every_s: float) -> list[FeatureRecord]
 
 def _calibration_row(job: tuple) -> dict:
     """One point of the calibration grid (run in a worker process)."""
-    args, base, retrieval, records, crops, every, instance_only, threshold, delta = job
+    args, base, retrieval, records, crops, every, instance_only, threshold, delta, window = job
     args.instance_only = instance_only
     overrides = identity_overrides(args, threshold, 1e9)  # offline: only stream time ends a tracklet
     overrides["merge_threshold"] = min(threshold + delta, 1.0)
+    overrides["window_s"] = window
     cfg = base.model_validate({**base.model_dump(), **overrides})
     kept = sampled(records, every)
     store = offline_run(cfg, retrieval, kept)
@@ -628,6 +629,7 @@ def _calibration_row(job: tuple) -> dict:
         "instance_only": instance_only,
         "threshold": threshold,
         "merge_threshold": overrides["merge_threshold"],
+        "window_s": window,
         **{k: score[k] for k in keys},
     }
 
@@ -646,11 +648,12 @@ def run_calibration(args) -> dict:
     retrieval = RetrievalParams.from_settings(settings.matcher)
     base = settings.matcher.identities
     jobs = [
-        (args, base, retrieval, records, crops, every, m, t, d)
+        (args, base, retrieval, records, crops, every, m, t, d, w)
         for every in args.sample_every
         for m in modes
         for t in args.grid
         for d in args.merge_delta
+        for w in args.window or [base.window_s]
     ]
     table = []
     # one job runs here; more run in fresh (spawned) processes: a forked child of a process whose torch and
@@ -664,9 +667,10 @@ def run_calibration(args) -> dict:
         for m in modes:
             rows = [r for r in table if r["instance_only"] == m and r["sample_every_s"] == every]
             precise = [r for r in rows if r["pair_precision"] >= args.min_precision] or rows
-            top = max(precise, key=lambda r: (r["idf1"], r["threshold"], r["merge_threshold"]))
+            top = max(precise, key=lambda r: (r["idf1"], r["threshold"], r["merge_threshold"], r["window_s"]))
             name = f"{'instance_only' if m else 'pgr'}@{every:g}s"
-            best[name] = {k: top[k] for k in ("threshold", "merge_threshold", "idf1", "pair_precision")}
+            keys = ("threshold", "merge_threshold", "window_s", "idf1", "pair_precision")
+            best[name] = {k: top[k] for k in keys}
     return {
         "dataset": args.dataset,
         "split": "train",
@@ -846,6 +850,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[0.0],
         help="reid.sample_every_s values to compare (0: every crop)",
+    )
+    calibrate.add_argument(
+        "--window",
+        type=float,
+        nargs="+",
+        help="matcher.identities.window_s values to compare (default: the config's)",
     )
     calibrate.add_argument(
         "--modes", nargs="+", choices=["pgr", "instance"], default=["pgr", "instance"], help="matching"
