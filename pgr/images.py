@@ -58,9 +58,7 @@ def check_declared_size(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                kind = im.format or "?"
+            (width, height), kind = header_size(data)
         except Image.DecompressionBombError as exc:  # over Pillow's own limit, far above ours
             raise ImageTooLarge(f"image exceeds the {max_pixels}-pixel limit: {exc}") from None
         except Exception:  # Pillow raises many kinds for headers it cannot read
@@ -70,6 +68,13 @@ def check_declared_size(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
     if width * height > max_pixels:
         raise ImageTooLarge(f"image of {width}x{height} pixels exceeds the {max_pixels}-pixel limit")
     return kind
+
+
+def header_size(data: bytes) -> tuple[tuple[int, int], str]:
+    """(width, height) and format name as the image's header declares them, no pixel decoded; raises
+    what Pillow raises for a header it cannot read."""
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size, im.format or "?"
 
 
 def read_image(path: str | Path) -> np.ndarray:

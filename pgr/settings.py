@@ -163,7 +163,11 @@ class ReidSettings(StrictModel):
     )
     batch_size: int = Field(16, ge=1, le=1024)
     threads: int = Field(
-        0, ge=0, description="pgr-openvino: OpenVINO threads of the extractor; 0: every core (latency hint)"
+        0,
+        ge=0,
+        description="pgr-openvino: OpenVINO threads of the extractor; 0: automatic, every core when the "
+        "re-ID stage runs alone (`pgr run reid`), one fewer when it shares the process with the other "
+        "stages (embedded, `pgr index`)",
     )
     precision: Literal["auto", "f32", "bf16"] = Field(
         "auto",

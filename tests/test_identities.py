@@ -726,3 +726,25 @@ def test_process_cpu_seconds_for_the_replay_report():
     mine = process_cpu_s(os.getpid())
     assert mine is not None and 0 < mine <= own_cpu_s() + 0.05
     assert process_cpu_s(None) is None and process_cpu_s(2**22 + 12345) is None
+
+
+def test_the_replay_report_splits_the_latency_and_finds_its_stretch():
+    from pgr.app.identity_eval import latency_by_minutes, latency_parts
+
+    # track a: its last crop extracted, 0.5 s in transit, decided 0.8 s after; track b: its last crop shed
+    # 0.3 s after the last extracted one, which was 2 s in transit (a busy stretch)
+    published_last = {"c1:t1": 100.0, "c2:t2": 200.3}
+    read_at = {"c1:t1": 100.0, "c2:t2": 200.0}
+    arrived_at = {"c1:t1": 100.5, "c2:t2": 202.0}
+    decided = {"c1:t1": 101.3, "c2:t2": 202.9}
+    parts = latency_parts(published_last, read_at, arrived_at, decided)
+    assert parts["transit"]["p95"] == pytest.approx(2.0, abs=0.08)
+    assert parts["after_arrival"]["median"] == pytest.approx(0.85, abs=0.06)
+    assert parts["unextracted"]["p95"] == pytest.approx(0.3, abs=0.02)
+    assert parts["transit"]["median_of_slowest_5pct"] == pytest.approx(2.0)  # b is the slowest
+    by = latency_by_minutes({"c1:t1": 1.3, "c2:t2": 2.6}, {"c1:t1": 30.0, "c2:t2": 700.0})
+    assert by == {
+        "0-10": {"median": 1.3, "p95": 1.3, "n": 1},
+        "10-20": {"median": 2.6, "p95": 2.6, "n": 1},
+    }
+    assert latency_parts({}, {}, {}, {}) == {}

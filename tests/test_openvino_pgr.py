@@ -113,3 +113,17 @@ def test_extractor_gives_every_granularity(tmp_path: Path, crops):
         assert f.parts.shape == (5, 256) and f.part_visibility.shape == (5,)
         assert f.pixels.shape[1] == 64 and len(f.pixels) == len(f.pixel_coords)
     assert ex.extract([]) == []
+
+
+def test_a_shared_extractor_leaves_the_other_stages_a_core():
+    from pgr.app.pipeline import build_extractor, extractor_threads
+    from pgr.settings import ReidSettings
+
+    assert extractor_threads(0, shared=False, cores=2) == 0  # alone: every core (latency hint)
+    assert extractor_threads(0, shared=True, cores=2) == 1
+    assert extractor_threads(0, shared=True, cores=16) == 15
+    assert extractor_threads(0, shared=True, cores=1) == 1
+    assert extractor_threads(3, shared=True, cores=16) == 3  # a configured count wins
+    cfg = ReidSettings(model="pgr-openvino")
+    shared = build_extractor(cfg, shared=True).backbone.compiled
+    assert shared.get_property("INFERENCE_NUM_THREADS") == extractor_threads(0, shared=True)

@@ -73,7 +73,7 @@ def run_benchmark(config: str, out: str | None = None) -> int:
             }
         )
         metrics = PipelineMetrics()
-        extractor = build_extractor(settings.reid)
+        extractor = build_extractor(settings.reid, shared=True)
         t0 = time.perf_counter()
         run = run_embedded(settings, metrics, stop=threading.Event(), extractor=extractor)
         wall = time.perf_counter() - t0

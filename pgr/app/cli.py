@@ -265,7 +265,7 @@ def _demo(args) -> int:
     print(f"metrics: http://{settings.metrics.host}:{port}/metrics")
     for cam in settings.cameras:
         print(f"camera {cam.id}: {cam.source} sampled at {cam.fps} fps")
-    extractor = build_extractor(settings.reid)
+    extractor = build_extractor(settings.reid, shared=True)
     t0 = time.perf_counter()
     run = run_embedded(settings, metrics, stop=_stop_on_signals(), extractor=extractor)
     elapsed = time.perf_counter() - t0
@@ -403,7 +403,7 @@ def _index(args) -> int:
         settings,
         [Path(p) for p in args.paths],
         args.camera,
-        build_extractor(settings.reid),
+        build_extractor(settings.reid, shared=True),
         start=parse_time(args.start),
         fps=args.fps,
         stop=stop,

@@ -41,12 +41,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from matcher.identity_quality import identity_quality, percentile
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore
+from pgr.images import header_size
 from pgr.messages import CropRecord, Detection, FeatureRecord, decode_identity, encode_crop
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS
@@ -135,9 +135,10 @@ def window(crops: list[ReplayCrop], minutes: float | None, start_min: float = 0.
 
 
 def crop_record(c: ReplayCrop, read_at: float) -> CropRecord:
+    """The crop as a camera's record; its box is the whole image (its size read from the JPEG header: the
+    replay stands in for ingest, so it should cost the CPU it shares with the stages next to nothing)."""
     jpeg = c.path.read_bytes()
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    h, w = img.shape[:2]
+    (w, h), _ = header_size(jpeg)
     box = (0.0, 0.0, float(w), float(h))
     det = Detection(c.detection_id, c.camera, BASE_TIME + c.time, c.frame, c.track, box, 1.0, read_at)
     return CropRecord(det, jpeg)
@@ -210,7 +211,14 @@ def publish(
 
 
 def run_replay(args) -> dict:
-    from pgr.app.pipeline import build_extractor, build_transport, run_matcher_stage, run_reid_stage
+    from pgr.app.benchmark import _stage_sums
+    from pgr.app.pipeline import (
+        build_extractor,
+        build_transport,
+        extractor_threads,
+        run_matcher_stage,
+        run_reid_stage,
+    )
 
     crops = replay_crops(args.data, args.dataset, args.split, args.track_gap)
     crops = window(crops, args.minutes, args.start)
@@ -220,7 +228,7 @@ def run_replay(args) -> dict:
     overrides = eval_overrides(args, workdir, args.threshold)
     settings = load_settings(args.config, overrides)
     metrics = PipelineMetrics()
-    extractor = build_extractor(settings.reid)
+    extractor = build_extractor(settings.reid, shared=True)  # re-ID, matcher and publisher: one process
     stop, published, reid_done = threading.Event(), threading.Event(), threading.Event()
     errors: list[str] = []
     reid_cpu: dict[str, float] = {}  # the re-ID process's CPU seconds, with --reid-process
@@ -301,6 +309,12 @@ def run_replay(args) -> dict:
         # CPU seconds from the start of the timed replay to its end (the re-ID process: its whole life);
         # the broker's with --broker-pid
         cpu_s=cpu_s,
+        # wall seconds the stages spent on their batches (extract: the re-ID model; index: the matcher's
+        # whole write, identities included), warm-up included: how busy each stage was
+        stage_busy_s={k: round(v, 1) for k, v in _stage_sums(metrics).items()},
+        extractor_threads=None
+        if args.reid_process
+        else extractor_threads(settings.reid.threads, shared=True),
     )
     store.close()
     if not args.keep:
@@ -428,6 +442,7 @@ def score_store(
     predicted: dict[str, str] = {}
     segments: dict[str, list[tuple[float, float, str]]] = {}
     read_at: dict[str, float] = {}
+    arrived_at: dict[str, float] = {}
     rows = store.db.execute(
         "SELECT tracklet_id, identity_id, first_seen, last_seen, meta FROM tracklets"
     ).fetchall()
@@ -438,6 +453,7 @@ def score_store(
         key = tid.split("+")[0]
         segments.setdefault(key, []).append((first, last, ident))
         read_at[key] = max(read_at.get(key, 0.0), m["read_at"])
+        arrived_at[key] = max(arrived_at.get(key, 0.0), m["arrived_at"])
         for det in m["seen"]:
             predicted[det] = ident
     inferred, alone = 0, 0
@@ -468,6 +484,11 @@ def score_store(
     else:
         track_end = {k: v for k, v in read_at.items() if v > 0}
     latency = [decided[k] - end for k, end in track_end.items() if k in decided]
+    parts = latency_parts(track_end, read_at, arrived_at, decided)
+    ends_at = {f"{c.camera}:t{c.track}": c.time - crops[0].time for c in crops} if crops else {}
+    by_minutes = latency_by_minutes(
+        {k: decided[k] - end for k, end in track_end.items() if k in decided}, ends_at
+    )
     founded = sum(1 for e in events if e.kind == "created" and e.camera_id != WARMUP)
     return {
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in q.as_dict().items()},
@@ -482,7 +503,60 @@ def score_store(
             "p95": round(percentile(latency, 95), 3),
             "n": len(latency),
         },
+        "end_to_identity_parts": parts,
+        "end_to_identity_by_10_minutes": by_minutes,
         "input_counts": store.counts(),
+    }
+
+
+def latency_by_minutes(
+    latency: dict[str, float], ends_at: dict[str, float], minutes: int = 10
+) -> dict[str, dict[str, float]]:
+    """The end-to-identity latency (median, p95, n) of the local tracks that end in each `minutes` of the
+    stream (`ends_at`: track -> its last crop's stream seconds from the first crop): is the tail a busy
+    stretch, or does it grow with the run?"""
+    buckets: dict[int, list[float]] = {}
+    for k, v in latency.items():
+        buckets.setdefault(int(ends_at.get(k, 0.0) // (60 * minutes)), []).append(v)
+    return {
+        f"{b * minutes}-{(b + 1) * minutes}": {
+            "median": round(percentile(vs, 50), 3),
+            "p95": round(percentile(vs, 95), 3),
+            "n": len(vs),
+        }
+        for b, vs in sorted(buckets.items())
+    }
+
+
+def latency_parts(
+    track_end: dict[str, float],
+    read_at: dict[str, float],
+    arrived_at: dict[str, float],
+    decided: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """Where a local track's end-to-identity latency goes (wall seconds, median and p95 over the tracks,
+    and the median over the slowest 5 %): `unextracted` = its last crop's publication less that of the
+    last crop the matcher got (crops sampled out or shed at the end: time the latency does not pay);
+    `transit` = the matcher's receipt of that crop less its publication (re-ID queue, extraction,
+    Kafka); `after_arrival` = the decision less that receipt (waiting for the end rule, then deciding).
+    latency = after_arrival + transit - unextracted."""
+    keys = [k for k in track_end if k in decided and read_at.get(k, 0) > 0 and arrived_at.get(k, 0) > 0]
+    if not keys:
+        return {}
+    latency = {k: decided[k] - track_end[k] for k in keys}
+    slow = sorted(keys, key=latency.get)[int(0.95 * len(keys)) :]
+    comps = {
+        "unextracted": {k: track_end[k] - read_at[k] for k in keys},
+        "transit": {k: arrived_at[k] - read_at[k] for k in keys},
+        "after_arrival": {k: decided[k] - arrived_at[k] for k in keys},
+    }
+    return {
+        name: {
+            "median": round(percentile(list(v.values()), 50), 3),
+            "p95": round(percentile(list(v.values()), 95), 3),
+            "median_of_slowest_5pct": round(percentile([v[k] for k in slow], 50), 3),
+        }
+        for name, v in comps.items()
     }
 
 

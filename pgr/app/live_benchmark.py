@@ -112,7 +112,7 @@ def run_live(
 
     with tempfile.TemporaryDirectory(prefix="pgr-live-") as tmp:
         settings = live_settings(config, Path(tmp), seconds, imgsz, detect_batch, every_crop)
-        extractor = build_extractor(settings.reid)
+        extractor = build_extractor(settings.reid, shared=True)
         metrics = PipelineMetrics()
         load_before = os.getloadavg()
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
