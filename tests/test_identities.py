@@ -748,3 +748,27 @@ def test_the_replay_report_splits_the_latency_and_finds_its_stretch():
         "10-20": {"median": 2.6, "p95": 2.6, "n": 1},
     }
     assert latency_parts({}, {}, {}, {}) == {}
+
+
+def test_the_replay_report_gives_quality_per_stretch_of_stream():
+    from pathlib import Path
+
+    from pgr.app.identity_eval import ReplayCrop, quality_by_minutes
+
+    # minute 0-10: persons 1 and 2 kept apart; minute 10-20: persons 3 and 4 wrongly merged
+    crops = [
+        ReplayCrop(Path("x.jpg"), pid, "c1", frame, t, track)
+        for pid, frame, t, track in [
+            (1, 1, 0.0, 1),
+            (1, 2, 60.0, 1),
+            (2, 3, 120.0, 2),
+            (3, 4, 700.0, 3),
+            (4, 5, 710.0, 4),
+        ]
+    ]
+    truth = {c.detection_id: c.pid for c in crops}
+    predicted = {c.detection_id: "a" if c.pid == 1 else "b" if c.pid == 2 else "m" for c in crops}
+    by = quality_by_minutes(crops, truth, predicted)
+    assert list(by) == ["0-10", "10-20"]
+    assert by["0-10"]["pair_precision"] == 1.0 and by["0-10"]["crops_a_minute"] == 0.3
+    assert by["10-20"]["pair_precision"] == 0.0 and by["10-20"]["idf1"] == 0.5

@@ -469,6 +469,7 @@ def score_store(
             predicted[c.detection_id] = f"alone:{c.detection_id}"
             alone += 1
     q = identity_quality(truth, predicted)
+    stretches = quality_by_minutes(crops, truth, predicted)
     events = store.events()
     decided: dict[str, float] = {}
     for e in events:
@@ -505,8 +506,31 @@ def score_store(
         },
         "end_to_identity_parts": parts,
         "end_to_identity_by_10_minutes": by_minutes,
+        "quality_by_10_minutes": stretches,
         "input_counts": store.counts(),
     }
+
+
+def quality_by_minutes(
+    crops: list[ReplayCrop], truth: dict[str, int], predicted: dict[str, str], minutes: int = 10
+) -> dict[str, dict[str, float]]:
+    """IDF1 and pair precision over the crops of each `minutes` of the stream (pairs within it only), with
+    its crops a minute: does precision hold where the stream is dense?"""
+    if not crops:
+        return {}
+    t0 = crops[0].time
+    buckets: dict[int, list[str]] = {}
+    for c in crops:
+        buckets.setdefault(int((c.time - t0) // (60 * minutes)), []).append(c.detection_id)
+    out = {}
+    for b, ids in sorted(buckets.items()):
+        q = identity_quality({i: truth[i] for i in ids}, {i: predicted[i] for i in ids})
+        out[f"{b * minutes}-{(b + 1) * minutes}"] = {
+            "idf1": round(q.idf1, 4),
+            "pair_precision": round(q.pair_precision, 4),
+            "crops_a_minute": round(len(ids) / minutes, 1),
+        }
+    return out
 
 
 def latency_by_minutes(
@@ -697,6 +721,7 @@ def _calibration_row(job: tuple) -> dict:
     score = score_store(store, crops)
     store.close()
     keys = ("idf1", "pair_precision", "pair_recall", "identities_per_true", "founded_per_true", "events")
+    keys += ("quality_by_10_minutes",)
     return {
         "sample_every_s": every,
         "extracted": round(len(kept) / len(records), 4),
