@@ -708,6 +708,13 @@ def sampled(records: list[FeatureRecord], every_s: float) -> list[FeatureRecord]
     return [r for r in records if sampler.wants(r.detection)]
 
 
+def _torch_threads(n: int) -> None:
+    """A calibration worker's torch thread count (its share of the cores)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def _calibration_row(job: tuple) -> dict:
     """One point of the calibration grid (run in a worker process)."""
     args, base, retrieval, records, crops, every, instance_only, threshold, delta, window = job
@@ -739,6 +746,8 @@ def run_calibration(args) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from pgr.app.pipeline import usable_cores
+
     split = replay_crops(args.data, args.dataset, "train", args.track_gap)
     crops = window(split, args.minutes, args.start)
     settings = load_settings(args.config, check_models=False)
@@ -757,7 +766,14 @@ def run_calibration(args) -> dict:
     table = []
     # one job runs here; more run in fresh (spawned) processes: a forked child of a process whose torch and
     # OpenVINO thread pools are running can hang on a lock one of those threads held
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # each worker takes its share of the cores: torch's default (every core) in each would oversubscribe
+    threads = max(1, usable_cores() // args.jobs)
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_torch_threads,
+        initargs=(threads,),
+    ) as pool:
         for row in map(_calibration_row, jobs) if args.jobs == 1 else pool.map(_calibration_row, jobs):
             print(json.dumps(row), flush=True)
             table.append(row)

@@ -107,9 +107,12 @@ def extractor_threads(configured: int, shared: bool, cores: int | None = None) -
     than with 2; RESULTS.md, IDENTITIES)."""
     if configured > 0 or not shared:
         return configured
-    if cores is None:  # the cores this process may run on (a container's share, not the host's count)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, (cores or usable_cores()) - 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def model_signature(extractor: FeatureExtractor, cfg: ReidSettings) -> tuple[str, int]:
