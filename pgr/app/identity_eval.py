@@ -37,9 +37,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -55,6 +56,7 @@ from reid.retrieval import RetrievalParams
 from reid.sampling import TrackSampler
 from training.datasets import DATASETS
 
+T = TypeVar("T")
 _DUKE = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)\.jpg$")
 _MARKET = re.compile(r"^(-?\d+)_c(\d+)s(\d+)_(\d+)_\d+\.jpg$")
 BASE_TIME = 1_400_000_000.0  # the replay's clock starts here (a fixed unix time)
@@ -484,12 +486,11 @@ def score_store(
                 track_end[key] = max(track_end.get(key, 0.0), published[c.detection_id])
     else:
         track_end = {k: v for k, v in read_at.items() if v > 0}
-    latency = [decided[k] - end for k, end in track_end.items() if k in decided]
+    track_latency = {k: decided[k] - end for k, end in track_end.items() if k in decided}
+    latency = list(track_latency.values())
     parts = latency_parts(track_end, read_at, arrived_at, decided)
     ends_at = {f"{c.camera}:t{c.track}": c.time - crops[0].time for c in crops} if crops else {}
-    by_minutes = latency_by_minutes(
-        {k: decided[k] - end for k, end in track_end.items() if k in decided}, ends_at
-    )
+    by_minutes = latency_by_minutes(track_latency, ends_at)
     founded = sum(1 for e in events if e.kind == "created" and e.camera_id != WARMUP)
     return {
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in q.as_dict().items()},
@@ -516,16 +517,11 @@ def quality_by_minutes(
 ) -> dict[str, dict[str, float]]:
     """IDF1 and pair precision over the crops of each `minutes` of the stream (pairs within it only), with
     its crops a minute: does precision hold where the stream is dense?"""
-    if not crops:
-        return {}
-    t0 = crops[0].time
-    buckets: dict[int, list[str]] = {}
-    for c in crops:
-        buckets.setdefault(int((c.time - t0) // (60 * minutes)), []).append(c.detection_id)
+    t0 = crops[0].time if crops else 0.0
     out = {}
-    for b, ids in sorted(buckets.items()):
+    for name, ids in stretches(((c.time - t0, c.detection_id) for c in crops), minutes).items():
         q = identity_quality({i: truth[i] for i in ids}, {i: predicted[i] for i in ids})
-        out[f"{b * minutes}-{(b + 1) * minutes}"] = {
+        out[name] = {
             "idf1": round(q.idf1, 4),
             "pair_precision": round(q.pair_precision, 4),
             "crops_a_minute": round(len(ids) / minutes, 1),
@@ -539,17 +535,19 @@ def latency_by_minutes(
     """The end-to-identity latency (median, p95, n) of the local tracks that end in each `minutes` of the
     stream (`ends_at`: track -> its last crop's stream seconds from the first crop): is the tail a busy
     stretch, or does it grow with the run?"""
-    buckets: dict[int, list[float]] = {}
-    for k, v in latency.items():
-        buckets.setdefault(int(ends_at.get(k, 0.0) // (60 * minutes)), []).append(v)
+    by = stretches(((ends_at.get(k, 0.0), v) for k, v in latency.items()), minutes)
     return {
-        f"{b * minutes}-{(b + 1) * minutes}": {
-            "median": round(percentile(vs, 50), 3),
-            "p95": round(percentile(vs, 95), 3),
-            "n": len(vs),
-        }
-        for b, vs in sorted(buckets.items())
+        name: {"median": round(percentile(vs, 50), 3), "p95": round(percentile(vs, 95), 3), "n": len(vs)}
+        for name, vs in by.items()
     }
+
+
+def stretches(items: Iterable[tuple[float, T]], minutes: int) -> dict[str, list[T]]:
+    """(stream seconds, value) pairs grouped by `minutes` of stream, in time order, named "0-10", ..."""
+    buckets: dict[int, list[T]] = {}
+    for seconds, value in items:
+        buckets.setdefault(int(seconds // (60 * minutes)), []).append(value)
+    return {f"{b * minutes}-{(b + 1) * minutes}": vs for b, vs in sorted(buckets.items())}
 
 
 def latency_parts(
@@ -727,8 +725,15 @@ def _calibration_row(job: tuple) -> dict:
     store = offline_run(cfg, retrieval, kept)
     score = score_store(store, crops)
     store.close()
-    keys = ("idf1", "pair_precision", "pair_recall", "identities_per_true", "founded_per_true", "events")
-    keys += ("quality_by_10_minutes",)
+    keys = (
+        "idf1",
+        "pair_precision",
+        "pair_recall",
+        "identities_per_true",
+        "founded_per_true",
+        "events",
+        "quality_by_10_minutes",
+    )
     return {
         "sample_every_s": every,
         "extracted": round(len(kept) / len(records), 4),
