@@ -10,9 +10,10 @@ Matching a tracklet T against identity I (`IdentityBook.scores`):
 With `instance_only`, step 2 uses s_ins alone (the baseline that shows what parts and pixels add).
 
 Later evidence: a tracklet decided early (when long enough) is decided again at its end, and may then move
-to another identity, or merge its identity with another when it still matches its own; and a tracklet that
-matches two identities at or above `merge_threshold` (a bridge: one person seen by two cameras whose views
-did not match, and then by a third that matches both) merges them, unless they conflict.
+to another identity, or merge its identity with another when it still matches its own at `merge_threshold`
+or above; and a tracklet that matches two identities at or above `merge_threshold` (a bridge: one person
+seen by two cameras whose views did not match, and then by a third that matches both) merges them, unless
+they conflict. Every merge needs `merge_threshold`, a join only `threshold`.
 
 Candidates: identities with a tracklet seen within `window_s` before T began, and no conflict with T: an
 identity is never on one camera twice at once, nor on two cameras whose fields of view do not overlap
@@ -195,7 +196,9 @@ class IdentityBook:
             del self.members[current]
             self._sums.pop(current, None)
             return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
-        if scores.get(current, 0.0) >= self.params.threshold and not self._identities_conflict(current, best):
+        # merging two identities needs the merge threshold: a tracklet's join just above `threshold` must not
+        # take a whole identity along when its end shows it belongs elsewhere
+        if scores.get(current, 0.0) >= self._merge_limit and not self._identities_conflict(current, best):
             return [self._merge(t, current, best, scores[best], ended, now)]
         self.members[current].remove(t.tracklet_id)
         return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
@@ -203,7 +206,7 @@ class IdentityBook:
     def _bridge(self, t: Tracklet, scores: dict[str, float], ended: bool, now: float) -> list[IdentityEvent]:
         """T, now in an identity, matches other identities too (at or above `merge_threshold`): T is the
         evidence that they are one person, so each one without a conflict is merged with T's identity."""
-        limit = self.params.threshold if self.params.merge_threshold is None else self.params.merge_threshold
+        limit = self._merge_limit
         events = []
         for other in sorted(scores, key=lambda i: (-scores[i], i)):
             mine = self.owner[t.tracklet_id]
@@ -212,6 +215,12 @@ class IdentityBook:
             if not self._identities_conflict(other, mine):
                 events.append(self._merge(t, mine, other, scores[other], ended, now))
         return events
+
+    @property
+    def _merge_limit(self) -> float:
+        """The least score that merges two identities (`merge_threshold`, else `threshold`)."""
+        p = self.params
+        return p.threshold if p.merge_threshold is None else p.merge_threshold
 
     def evict_before(self, horizon: float) -> list[str]:
         """Forget identities whose tracklets all ended before `horizon` (no later tracklet can match them:

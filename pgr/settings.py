@@ -232,8 +232,9 @@ class IdentitySettings(StrictModel):
         0.80,
         ge=0,
         le=1,
-        description="a tracklet that matches two identities at or above this merges them (None: threshold; "
-        "calibrated with threshold)",
+        description="every merge of two identities needs this: a tracklet that matches two identities at or "
+        "above it bridges them, and one that moves at its end takes its old identity along only at or above "
+        "it (None: threshold; calibrated with threshold)",
     )
     instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
     candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")

@@ -331,6 +331,30 @@ def test_constraints_keep_an_identity_out_of_two_places(pets):
     assert transit.decide(tracklet("d:t1", "d", 500.0, 510.0), True, 1.0)[0].kind == "created"  # no link
 
 
+def test_a_merge_needs_the_merge_threshold_a_join_only_the_threshold():
+    """A tracklet joined identity A early; at its end it matches B better and A still above the join
+    threshold but below the merge threshold: it moves to B and A stays apart. Only a merge threshold at
+    or below its score for A merges A and B (tracklet features decide: the tracklets have no crops)."""
+    a, b = np.eye(8)[0], np.eye(8)[1]  # s_ins(A, B) = 0.5: two identities
+    cos_a, cos_b = 2 * 0.79 - 1, 2 * 0.85 - 1  # s_ins = (1 + cos) / 2: A 0.79, B 0.85
+    late = np.array([cos_a, cos_b, np.sqrt(1 - cos_a**2 - cos_b**2), 0, 0, 0, 0, 0])
+
+    def tracklet(tid: str, feature: np.ndarray, first: float, n: int) -> Tracklet:
+        return Tracklet(tid, tid.split(":")[0], 1, first, first + 10.0, 0, feature, n_crops=n)
+
+    def run(merge_threshold: float) -> tuple[list[str], set[frozenset[str]]]:
+        book = IdentityBook(IdentityParams(threshold=0.78, merge_threshold=merge_threshold))
+        book.decide(tracklet("a:t1", a, 0.0, 1), ended=True, now=1.0)
+        book.decide(tracklet("b:t1", b, 30.0, 1), ended=True, now=1.0)
+        kinds = [e.kind for e in book.decide(tracklet("c:t1", a, 100.0, 1), ended=False, now=1.0)]
+        end = book.decide(tracklet("c:t1", late, 100.0, 2), ended=True, now=2.0)
+        groups = {frozenset(m) for m in book.members.values()}
+        return kinds + [e.kind for e in end], groups
+
+    assert run(0.80) == (["joined", "moved"], {frozenset({"a:t1"}), frozenset({"b:t1", "c:t1"})})
+    assert run(0.785) == (["joined", "merged"], {frozenset({"a:t1", "b:t1", "c:t1"})})
+
+
 def test_identity_event_record_round_trip_and_refusals():
     ev = IdentityEvent("moved", "id:pets:t3", "pets:t9", "pets", 10.0, 20.0, 0.91, 7, "id:pets:t1")
     assert decode_identity(encode_identity(ev)) == ev
@@ -772,3 +796,27 @@ def test_the_replay_report_gives_quality_per_stretch_of_stream():
     assert list(by) == ["0-10", "10-20"]
     assert by["0-10"]["pair_precision"] == 1.0 and by["0-10"]["crops_a_minute"] == 0.3
     assert by["10-20"]["pair_precision"] == 0.0 and by["10-20"]["idf1"] == 0.5
+
+
+def test_folding_the_stream_lays_its_stretches_over_each_other(pets):
+    """`calibrate --fold 2`: the two halves of a stream share one clock, twice as dense, with distinct
+    tracks and detection ids, frame numbers in step with time, and each crop's own features."""
+    from pathlib import Path
+
+    from pgr.app.identity_eval import BASE_TIME, ReplayCrop, fold, folded
+
+    _, records, _, _ = pets
+    crops = [
+        ReplayCrop(Path(f"{t}.jpg"), t % 3, "c1", 60 * t, float(t), t // 10 % 2) for t in range(0, 100, 10)
+    ]
+    two = fold(crops, 2, 60.0)
+    assert [c.time for c in two] == [0, 10, 20, 30, 40, 5, 15, 25, 35, 45]  # pieces of 45 s
+    assert all(c.frame == 60 * c.time for c in two)
+    assert {c.track for c in two[5:]} == {100_000, 100_001} and len({c.detection_id for c in two}) == 10
+    assert fold(crops, 1, 60.0) == crops
+    own = dict(zip((c.path for c in crops), records, strict=False))
+    laid, feats = folded(crops, records[: len(crops)], 2, 60.0)
+    assert [c.time for c in laid] == sorted(c.time for c in two)
+    for c, r in zip(laid, feats, strict=True):
+        assert (r.detection.detection_id, r.detection.timestamp) == (c.detection_id, BASE_TIME + c.time)
+        assert r.detection.track_id == c.track and r.instance is own[c.path].instance
