@@ -60,6 +60,7 @@ T = TypeVar("T")
 _DUKE = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)\.jpg$")
 _MARKET = re.compile(r"^(-?\d+)_c(\d+)s(\d+)_(\d+)_\d+\.jpg$")
 BASE_TIME = 1_400_000_000.0  # the replay's clock starts here (a fixed unix time)
+FPS = {"dukemtmc": 60.0, "market1501": 25.0}  # the frame rate the file names' frame numbers count in
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,41 @@ def window(crops: list[ReplayCrop], minutes: float | None, start_min: float = 0.
         return crops
     t0 = crops[0].time + 60 * start_min
     return [c for c in crops if t0 <= c.time < t0 + 60 * minutes]
+
+
+def fold(crops: list[ReplayCrop], pieces: int, fps: float) -> list[ReplayCrop]:
+    """The stream (in time order) cut into `pieces` equal stretches laid over each other, in the same order
+    as `crops`: `pieces` times as many people a minute on the same cameras, a stand-in for a busier site
+    made of training data alone. Piece k's tracks are numbered from k * 100,000 so no two pieces share one."""
+    if pieces <= 1 or not crops:
+        return crops
+    t0, span = crops[0].time, (crops[-1].time - crops[0].time) / pieces
+    out = []
+    for c in crops:
+        k = min(int((c.time - t0) // span), pieces - 1)
+        shift = round(k * span * fps)  # whole frames, so time and frame number stay in step
+        out.append(
+            ReplayCrop(c.path, c.pid, c.camera, c.frame - shift, c.time - shift / fps, c.track + k * 100_000)
+        )
+    return out
+
+
+def folded(
+    crops: list[ReplayCrop], records: list[FeatureRecord], pieces: int, fps: float
+) -> tuple[list[ReplayCrop], list[FeatureRecord]]:
+    """`fold` for the crops and their feature records (same order), both sorted by the new stream time."""
+    pairs = []
+    for c, r in zip(fold(crops, pieces, fps), records, strict=True):
+        det = dataclasses.replace(
+            r.detection,
+            detection_id=c.detection_id,
+            timestamp=BASE_TIME + c.time,
+            frame_index=c.frame,
+            track_id=c.track,
+        )
+        pairs.append((c, dataclasses.replace(r, detection=det)))
+    pairs.sort(key=lambda p: (p[0].time, p[0].camera))
+    return [c for c, _ in pairs], [r for _, r in pairs]
 
 
 def crop_record(c: ReplayCrop, read_at: float) -> CropRecord:
@@ -757,6 +793,7 @@ def run_calibration(args) -> dict:
     crops = window(split, args.minutes, args.start)
     settings = load_settings(args.config, check_models=False)
     records, model = replay_records(args, crops, settings, split)
+    crops, records = folded(crops, records, args.fold, FPS[args.dataset])
     modes = [m == "instance" for m in args.modes]
     retrieval = RetrievalParams.from_settings(settings.matcher)
     base = settings.matcher.identities
@@ -796,6 +833,7 @@ def run_calibration(args) -> dict:
         "split": "train",
         "minutes": args.minutes,
         "start_min": args.start,
+        "fold": args.fold,
         "model": model,
         "crops": len(crops),
         "held_out_identities": args.held_out,
@@ -994,6 +1032,12 @@ def main(argv: list[str] | None = None) -> int:
         help="pick the best IDF1 among points with at least this pair precision (when there are any)",
     )
     calibrate.add_argument("--jobs", type=int, default=1, help="grid points run in parallel")
+    calibrate.add_argument(
+        "--fold",
+        type=int,
+        default=1,
+        help="lay N equal stretches of the training stream over each other: N times as dense (a busier site)",
+    )
     args = parser.parse_args(argv)
     if args.command == "topology":
         return run_topology(args)
