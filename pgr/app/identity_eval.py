@@ -98,14 +98,14 @@ def replay_crops(root: Path, dataset: str, split: str, track_gap_s: float) -> li
             offset[(cam, seq)] = sum(ends[(c, s)] for c, s in ends if c == cam and s < seq)
         for p, pid, cam, seq, frame in raw:
             f = offset[(cam, seq)] + frame
-            crops.append(ReplayCrop(p, pid, f"c{cam}", f, f / 25.0))
+            crops.append(ReplayCrop(p, pid, f"c{cam}", f, f / FPS["market1501"]))
     else:
         for folder in folders:
             for p in sorted((base / folder).glob("*.jpg")):
                 m = _DUKE.match(p.name)
                 if m and int(m.group(1)) > 0:
-                    frame = int(m.group(3))
-                    crops.append(ReplayCrop(p, int(m.group(1)), f"c{m.group(2)}", frame, frame / 60.0))
+                    frame, fps = int(m.group(3)), FPS["dukemtmc"]
+                    crops.append(ReplayCrop(p, int(m.group(1)), f"c{m.group(2)}", frame, frame / fps))
     crops = sorted({(c.camera, c.frame, c.pid): c for c in crops}.values(), key=lambda c: (c.time, c.camera))
     return assign_tracks(crops, track_gap_s)
 
@@ -507,7 +507,7 @@ def score_store(
             predicted[c.detection_id] = f"alone:{c.detection_id}"
             alone += 1
     q = identity_quality(truth, predicted)
-    stretches = quality_by_minutes(crops, truth, predicted)
+    quality_stretches = quality_by_minutes(crops, truth, predicted)
     events = store.events()
     decided: dict[str, float] = {}
     for e in events:
@@ -543,7 +543,7 @@ def score_store(
         },
         "end_to_identity_parts": parts,
         "end_to_identity_by_10_minutes": by_minutes,
-        "quality_by_10_minutes": stretches,
+        "quality_by_10_minutes": quality_stretches,
         "input_counts": store.counts(),
     }
 

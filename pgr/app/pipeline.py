@@ -107,7 +107,7 @@ def extractor_threads(configured: int, shared: bool, cores: int | None = None) -
     than with 2; RESULTS.md, IDENTITIES)."""
     if configured > 0 or not shared:
         return configured
-    return max(1, (cores or usable_cores()) - 1)
+    return max(1, (usable_cores() if cores is None else cores) - 1)
 
 
 def usable_cores() -> int:
