@@ -169,10 +169,11 @@ class ReidSettings(StrictModel):
         "re-ID stage runs alone (`pgr run reid`), one fewer when it shares the process with the other "
         "stages (embedded, `pgr index`)",
     )
-    precision: Literal["auto", "f32", "bf16"] = Field(
+    precision: Literal["auto", "f32", "bf16", "int8"] = Field(
         "auto",
         description="pgr-openvino: inference precision; auto: bf16 where the CPU computes it natively "
-        "(AVX512-BF16, AMX: about twice the crops/s, RESULTS.md), else f32",
+        "(AVX512-BF16, AMX: about twice the crops/s, RESULTS.md), else int8 (the IR's int8 sibling, "
+        "training/quantize_openvino.py: about twice f32 on AVX2) where it is present, else f32",
     )
     sample_every_s: float = Field(
         0.0,
@@ -279,6 +280,14 @@ class MatcherSettings(StrictModel):
         None, description="part/pixel feature store (default: beside thumbnails)"
     )
     batch_size: int = Field(64, ge=1)
+    linger_s: float = Field(
+        0.1,
+        ge=0,
+        le=5,
+        description="after a poll that brought fewer than batch_size records, wait up to this long for "
+        "more: each write of a batch has fixed costs (fsyncs, manifests, the identity store: about 20 ms "
+        "of CPU on 2 cores), so several records a write leave the CPU to the re-ID stage (RESULTS.md)",
+    )
     n1: int = Field(1000, ge=1, description="progressive retrieval: candidates re-ranked with parts")
     # a1, a2: chosen for the default model on held-out training identities (RESULTS.md "Settings"); the
     # paper's values are 0.05 and 0.8

@@ -22,7 +22,7 @@ import torch
 from pgr.paths import assets_dir
 from pgr.settings import DEFAULT_OPENVINO_HEADS, DEFAULT_OPENVINO_REID
 from reid.benchmark_pgr import random_crops
-from reid.openvino_backbone import OpenVinoBackbone, inference_precision
+from reid.openvino_backbone import OpenVinoBackbone, int8_ir, native_bf16
 from reid.openvino_pgr_extractor import OpenVinoPGRExtractor
 from reid.pgr_extractor import PGRExtractor
 
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precision",
         nargs="+",
-        choices=["f32", "bf16"],
-        help="OpenVINO inference precisions to measure (default: f32, and bf16 where the CPU has it)",
+        choices=["f32", "bf16", "int8"],
+        help="OpenVINO inference precisions to measure (default: f32, int8 where its IR is present, and "
+        "bf16 where the CPU has it)",
     )
     args = ap.parse_args(argv)
     crops = random_crops(assets_dir() / "video" / "pets2009_vtest.mp4", args.crops)
@@ -67,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision is None:
         import openvino as ov
 
-        native = inference_precision(ov.Core(), "auto") == "bf16"
-        args.precision = ["f32", "bf16"] if native else ["f32"]
+        native = native_bf16(ov.Core())
+        args.precision = (
+            ["f32"] + (["int8"] if int8_ir(args.ir).is_file() else []) + (["bf16"] if native else [])
+        )
     for precision in args.precision:
         if args.heads.exists():
             pgr = OpenVinoPGRExtractor(args.heads, args.ir, args.pixel_dim, args.batch, precision=precision)

@@ -23,24 +23,44 @@ from pgr.model_files import require_model_file
 MAP_OUTPUT_0277 = "1126"
 
 
-PRECISIONS = ("auto", "f32", "bf16")
+PRECISIONS = ("auto", "f32", "bf16", "int8")
 
 
-def inference_precision(core, wanted: str) -> str:
-    """The CPU's inference precision for `wanted`: "f32"; "bf16" (about twice the crops/s of f32 where the
-    CPU computes bf16 natively: AVX512-BF16 or AMX; RESULTS.md has its accuracy); "auto": bf16 where the
-    CPU has it natively, else f32. A CPU without bf16 is refused for "bf16" with the reason."""
+def native_bf16(core) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def int8_ir(xml: Path) -> Path:
+    """Where the int8 IR of `xml` lies: `<stem>-int8/<stem>-int8.xml` beside `xml`'s folder, as
+    training/quantize_openvino.py writes it (`xml` itself when it is one)."""
+    return (
+        xml if xml.stem.endswith("-int8") else xml.parent.parent / f"{xml.stem}-int8" / f"{xml.stem}-int8.xml"
+    )
+
+
+def inference_precision(core, wanted: str, int8_ir_present: bool = False) -> str:
+    """The inference precision for `wanted`: "f32"; "bf16" (about twice the crops/s of f32 where the CPU
+    computes bf16 natively: AVX512-BF16 or AMX); "int8" (the IR quantized by training/quantize_openvino.py:
+    about twice f32's crops/s on a CPU with AVX2 only; RESULTS.md has the accuracy of each); "auto": bf16
+    where the CPU has it natively, else int8 where its IR is present, else f32. A CPU without bf16 is
+    refused for "bf16" with the reason."""
     if wanted not in PRECISIONS:
         raise ValueError(f"inference precision {wanted!r}: expected one of {', '.join(PRECISIONS)}")
-    native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    native = native_bf16(core)
     if wanted == "bf16" and not native:
         raise ValueError("inference precision bf16: this CPU has no native bf16 (AVX512-BF16, AMX); use f32")
-    return "bf16" if wanted == "bf16" or (wanted == "auto" and native) else "f32"
+    if wanted == "auto":
+        return "bf16" if native else "int8" if int8_ir_present else "f32"
+    if wanted == "int8" and not int8_ir_present:
+        raise ValueError("inference precision int8: no int8 IR (python -m training.quantize_openvino)")
+    return wanted
 
 
 class OpenVinoBackbone:
     """Runs an OpenVINO re-ID IR on BGR crops; returns (X (n, c, h, w), embedding (n, e)) as float32.
-    `precision`: see `inference_precision` (the services take `reid.precision`)."""
+    `precision`: see `inference_precision` (the services take `reid.precision`); "int8" reads the IR's
+    int8 sibling (`int8_ir`) instead of `xml`."""
 
     def __init__(
         self,
@@ -58,11 +78,16 @@ class OpenVinoBackbone:
             if len(candidates) != 1:
                 raise FileNotFoundError(f"{xml}: expected one .xml IR in the folder, found {len(candidates)}")
             xml = candidates[0]
+        core = ov.Core()
+        if xml.stem.endswith("-int8"):
+            precision = "int8"  # given the int8 IR itself
+        self.precision = inference_precision(core, precision, int8_ir(xml).is_file())
+        if self.precision == "int8":
+            xml = require_model_file(int8_ir(xml), "int8 re-ID IR (python -m training.quantize_openvino)")
         if not xml.with_suffix(".bin").is_file():
             raise FileNotFoundError(
                 f"{xml}: its weights {xml.with_suffix('.bin').name} are missing beside it"
             )
-        core = ov.Core()
         try:
             model = core.read_model(str(xml))
         except RuntimeError as exc:
@@ -71,17 +96,22 @@ class OpenVinoBackbone:
         if map_output not in ops:
             raise ValueError(f"{xml}: no op named {map_output!r} to take the feature map from")
         model.add_outputs([ops[map_output].output(0)])
-        _, _, self.height, self.width = model.inputs[0].partial_shape.to_shape()
+        shape = model.inputs[0].partial_shape  # the batch may already be dynamic (a saved int8 IR)
+        self.height, self.width = shape[2].get_length(), shape[3].get_length()
         model.reshape({model.inputs[0].any_name: [-1, 3, self.height, self.width]})
         # LATENCY: one synchronous request uses every core (THROUGHPUT splits the cores into streams that
         # only parallel requests fill: 81 instead of 143 crops/s measured on 2 cores)
         config = {"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
-        self.precision = inference_precision(core, precision)
-        config["INFERENCE_PRECISION_HINT"] = self.precision
+        # int8: the quantized ops run in int8, the others (poolings, the embedding's head) in this
+        config["INFERENCE_PRECISION_HINT"] = (
+            self.precision if self.precision != "int8" else "bf16" if native_bf16(core) else "f32"
+        )
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.batch = batch
-        self.name = xml.stem
+        # an int8 IR (training/quantize_openvino.py) is the same network: its features mix with f32's
+        # and bf16's (cosine >= 0.95 per crop, RESULTS.md) and the heads trained on it apply
+        self.name = xml.stem.removesuffix("-int8")
         self.embedding_dim = int(model.outputs[0].partial_shape[1].get_length())
         self.channels = int(ops[map_output].output(0).get_partial_shape()[1].get_length())
 
