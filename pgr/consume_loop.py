@@ -89,11 +89,14 @@ def consume_loop(
     tick: Callable[[], None] | None = None,
     finish: Callable[[], None] | None = None,
     lag: LagReporter | None = None,
+    linger_s: float = 0.0,
 ) -> None:
     """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty
     (then `finish` runs). `tick`, when given, runs after a poll that came back empty: work driven by the
     clock runs when the consumer has caught up, never because its own backlog kept it busy. `lag`, when
-    given, exports the consumer's lag after commits and empty polls.
+    given, exports the consumer's lag after commits and empty polls. `linger_s`: after a poll that came
+    back with fewer than `max_records`, keep polling up to this long for more, so that one `handle` (and
+    its fixed costs) serves several records.
 
     `handle` must finish its downstream writes before it returns: the commit that follows it is what
     makes delivery at-least-once.
@@ -102,6 +105,8 @@ def consume_loop(
         while not stop.is_set():
             finishing = upstream_done is not None and upstream_done.is_set()
             batch = consumer.poll(max_records=max_records, timeout_s=poll_timeout_s)
+            if batch and linger_s > 0:
+                batch = _linger(consumer, batch, max_records, linger_s)
             if batch:
                 handle(batch)
                 consumer.commit()
@@ -115,3 +120,14 @@ def consume_loop(
                 lag.update(consumer)
     finally:
         consumer.close()
+
+
+def _linger(consumer: Consumer, batch: list[Message], max_records: int, linger_s: float) -> list[Message]:
+    """`batch` and what else arrives within `linger_s`, up to `max_records` records."""
+    deadline = time.monotonic() + linger_s
+    while len(batch) < max_records and (left := deadline - time.monotonic()) > 0:
+        more = consumer.poll(max_records=max_records - len(batch), timeout_s=left)
+        if not more:
+            break
+        batch = batch + more
+    return batch

@@ -217,6 +217,7 @@ def run_matcher_stage(
             stop,
             upstream_done,
             max_records=m.batch_size,
+            linger_s=m.linger_s,
             tick=worker.tick,
             finish=worker.finish,
             lag=LagReporter(metrics, "matcher"),
