@@ -9,8 +9,6 @@ inference precision of --precision, and every end-to-end torch PGR checkpoint gi
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgr.machine import describe_machine
 from pgr.paths import assets_dir
 from pgr.settings import DEFAULT_OPENVINO_HEADS, DEFAULT_OPENVINO_REID
 from reid.benchmark_pgr import random_crops
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     crops = random_crops(assets_dir() / "video" / "pets2009_vtest.mp4", args.crops)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    machine = describe_machine()
     print(f"{machine}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(crops)} real crops, batch {args.batch}, median of {args.repeats} passes")
     rows: list[tuple[str, Callable]] = []

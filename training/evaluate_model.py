@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from pgr.files import write_atomically
+from pgr.machine import describe_machine
 from pgr.messages import CropFeatures
 from pgr.paths import REPO, asset_weights_dir
 from pgr.settings import DEFAULT_OPENVINO_REID, MatcherSettings
@@ -295,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
         "pixel_dim": args.pixel_dim,
         "extract_s": extract_s,
         "gallery_foreground": foreground_stats(gallery),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{describe_machine()}, torch {torch.__version__}",
         "rows": rows,
     }
 

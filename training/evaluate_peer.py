@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pgr.machine import describe_machine
 from pgr.model_files import require_model_file
 from pgr.paths import REPO, asset_weights_dir
 from training.datasets import Sample, load_dataset
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "gallery": len(ds.gallery),
         **r.row(),
         "ms_per_image": per_image_ms,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": describe_machine(),
     }
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

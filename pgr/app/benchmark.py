@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -28,22 +27,10 @@ import numpy as np
 import yaml
 
 from pgr.app.local_stack import free_port
+from pgr.machine import describe_machine
 from pgr.metrics import PipelineMetrics, counter_total
 from pgr.paths import CONFIGS
 from pgr.settings import load_settings
-
-
-def _machine() -> str:
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        model = names[0] if names else model
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {model or platform.platform()}"
 
 
 def _stage_sums(metrics: PipelineMetrics) -> dict[str, float]:
@@ -82,7 +69,7 @@ def run_benchmark(config: str, out: str | None = None) -> int:
     sums = _stage_sums(metrics)
     busy = sum(sums.values())
     result = {
-        "machine": _machine(),
+        "machine": describe_machine(),
         "cameras": [c.source for c in settings.cameras],
         "sample_fps": [c.fps for c in settings.cameras],
         "frames": int(frames),
@@ -149,7 +136,7 @@ def run_kafka_latency(bootstrap: str, seconds: float, out: str | None) -> int:
         config.unlink(missing_ok=True)
     lat = np.array([r.indexed_at - r.read_at for r in rows])
     result = {
-        "machine": _machine(),
+        "machine": describe_machine(),
         "records": len(rows),
         "camera": "pets2009_vtest.mp4 paced in real time, sampled at 2 fps",
         "latency_s": {

@@ -48,6 +48,7 @@ from matcher.identity_quality import identity_quality, percentile
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore
 from pgr.images import header_size
+from pgr.machine import describe_machine
 from pgr.messages import CropRecord, Detection, FeatureRecord, decode_identity, encode_crop
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS
@@ -339,6 +340,7 @@ def run_replay(args) -> dict:
         load_average_before=[round(v, 2) for v in load_before],
         load_average_after=[round(v, 2) for v in os.getloadavg()],
         cpu_cores=os.cpu_count(),
+        machine=describe_machine(),
         replay_wall_s=round(replay_s, 1),
         total_wall_s=round(total_s, 1),
         stream_s=round(crops[-1].time - crops[0].time, 1),

@@ -15,14 +15,13 @@ the fixed cost of a write (fsyncs, manifests, the identity store's commit) shows
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from pgr.machine import describe_machine
 from pgr.paths import REPO
 
 
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     messages = feature_messages(args.data, args.dataset, args.records)
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs; {len(messages)} records of {args.dataset}'s replay")
+    print(f"{describe_machine()}; {len(messages)} records of {args.dataset}'s replay")
     for batch in args.batch:
         args.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="pgr-matcher-bench-", dir=args.workdir) as folder:
