@@ -35,8 +35,10 @@ _MAP_SPLITS = {"bounding_box_train": "train", "query": "query", "bounding_box_te
 
 
 def cache_key(extractor: FeatureExtractor, heads: Path | None, paths: Sequence[Path]) -> str:
-    """Same model, same heads file, same images: same features."""
+    """Same model, inference precision and heads file, same images: same features (the model name is the
+    network's, the same in f32, bf16 and int8)."""
     h = hashlib.sha1(extractor.name.encode())
+    h.update(getattr(getattr(extractor, "backbone", None), "precision", "").encode())
     if heads is not None and Path(heads).is_file():
         h.update(Path(heads).read_bytes())
     for p in paths:
