@@ -481,7 +481,10 @@ def test_a_bridging_tracklet_merges_two_identities(pets, tmp_path):
     ]
     merged = events[-1]
     assert (merged.identity_id, merged.previous_id) == ("id:c1:t1", "id:c2:t1")  # the older one stays
-    assert merged.score == pytest.approx(z_to["id:c2:t1"]) and merged.ended
+    # Z joins the identity it scores best against and bridges in the other, at Z's score against that one
+    joined = events[2]
+    assert joined.score == pytest.approx(max(z_to.values()))
+    assert merged.score == pytest.approx(min(z_to.values())) and merged.ended
     assert store.events() == events
     assert _partition(store) == {frozenset({"c1:t1", "c2:t1", "c3:t1"})}
     line = timeline(store, "id:c1:t1")
