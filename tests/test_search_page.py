@@ -7,6 +7,7 @@ the identity of a confirmed result."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import threading
 import time
@@ -104,7 +105,9 @@ def test_an_operator_searches_confirms_expands_opens_the_frame_and_exports(serve
     assert "1 query crop" in page.text_content("#summary")
     cards.first.locator("summary").click()
     scores = cards.first.locator(".pgr").text_content()
-    assert "instance 1.000" in scores and "part" in scores and "pixel" in scores
+    # the query crop against its own indexed row: 1.000 in f32 / bf16, 0.999 in int8 (JPEG round trip)
+    instance = re.search(r"instance (\d\.\d{3})", scores)
+    assert instance and float(instance[1]) >= 0.99 and "part" in scores and "pixel" in scores, scores
 
     second = cards.nth(1).get_attribute("data-id")
     cards.nth(1).locator(".same-button").click()
