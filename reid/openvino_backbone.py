@@ -24,6 +24,7 @@ MAP_OUTPUT_0277 = "1126"
 
 
 PRECISIONS = ("auto", "f32", "bf16", "int8")
+INT8_SUFFIX = "-int8"  # an IR's int8 copy: `<stem>-int8/<stem>-int8.xml` beside its folder
 
 
 def native_bf16(core) -> bool:
@@ -34,9 +35,9 @@ def native_bf16(core) -> bool:
 def int8_ir(xml: Path) -> Path:
     """Where the int8 IR of `xml` lies: `<stem>-int8/<stem>-int8.xml` beside `xml`'s folder, as
     training/quantize_openvino.py writes it (`xml` itself when it is one)."""
-    return (
-        xml if xml.stem.endswith("-int8") else xml.parent.parent / f"{xml.stem}-int8" / f"{xml.stem}-int8.xml"
-    )
+    if xml.stem.endswith(INT8_SUFFIX):
+        return xml
+    return xml.parent.parent / f"{xml.stem}{INT8_SUFFIX}" / f"{xml.stem}{INT8_SUFFIX}.xml"
 
 
 def inference_precision(core, wanted: str, int8_ir_present: bool = False) -> str:
@@ -55,6 +56,31 @@ def inference_precision(core, wanted: str, int8_ir_present: bool = False) -> str
     if wanted == "int8" and not int8_ir_present:
         raise ValueError("inference precision int8: no int8 IR (python -m training.quantize_openvino)")
     return wanted
+
+
+def read_with_map_output(core, xml: Path, map_output: str = MAP_OUTPUT_0277):
+    """The IR as an openvino.Model with the map op's output added after its own and a dynamic batch;
+    returns (model, map op, input height, input width). An unreadable IR or a missing op is a ValueError."""
+    try:
+        model = core.read_model(str(xml))
+    except RuntimeError as exc:
+        raise ValueError(f"{xml}: not a readable OpenVINO IR ({str(exc).splitlines()[0]})") from None
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    if map_output not in ops:
+        raise ValueError(f"{xml}: no op named {map_output!r} to take the feature map from")
+    model.add_outputs([ops[map_output].output(0)])
+    shape = model.inputs[0].partial_shape  # the batch may already be dynamic (a saved int8 IR)
+    height, width = shape[2].get_length(), shape[3].get_length()
+    model.reshape({model.inputs[0].any_name: [-1, 3, height, width]})
+    return model, ops[map_output], height, width
+
+
+def ir_input(crops: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """BGR uint8 crops of any size -> (n, 3, height, width) float32 BGR 0-255, as the IR expects."""
+    x = np.empty((len(crops), 3, height, width), dtype=np.float32)
+    for i, crop in enumerate(crops):
+        x[i] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    return x
 
 
 class OpenVinoBackbone:
@@ -79,26 +105,16 @@ class OpenVinoBackbone:
                 raise FileNotFoundError(f"{xml}: expected one .xml IR in the folder, found {len(candidates)}")
             xml = candidates[0]
         core = ov.Core()
-        if xml.stem.endswith("-int8"):
+        if int8_ir(xml) == xml:
             precision = "int8"  # given the int8 IR itself
         self.precision = inference_precision(core, precision, int8_ir(xml).is_file())
         if self.precision == "int8":
-            xml = require_model_file(int8_ir(xml), "int8 re-ID IR (python -m training.quantize_openvino)")
+            xml = int8_ir(xml)
         if not xml.with_suffix(".bin").is_file():
             raise FileNotFoundError(
                 f"{xml}: its weights {xml.with_suffix('.bin').name} are missing beside it"
             )
-        try:
-            model = core.read_model(str(xml))
-        except RuntimeError as exc:
-            raise ValueError(f"{xml}: not a readable OpenVINO IR ({str(exc).splitlines()[0]})") from None
-        ops = {op.get_friendly_name(): op for op in model.get_ops()}
-        if map_output not in ops:
-            raise ValueError(f"{xml}: no op named {map_output!r} to take the feature map from")
-        model.add_outputs([ops[map_output].output(0)])
-        shape = model.inputs[0].partial_shape  # the batch may already be dynamic (a saved int8 IR)
-        self.height, self.width = shape[2].get_length(), shape[3].get_length()
-        model.reshape({model.inputs[0].any_name: [-1, 3, self.height, self.width]})
+        model, map_op, self.height, self.width = read_with_map_output(core, xml, map_output)
         # LATENCY: one synchronous request uses every core (THROUGHPUT splits the cores into streams that
         # only parallel requests fill: 81 instead of 143 crops/s measured on 2 cores)
         config = {"PERFORMANCE_HINT": "LATENCY"} if threads == 0 else {"INFERENCE_NUM_THREADS": threads}
@@ -111,18 +127,13 @@ class OpenVinoBackbone:
         self.batch = batch
         # an int8 IR (training/quantize_openvino.py) is the same network: its features mix with f32's
         # and bf16's (cosine >= 0.95 per crop, RESULTS.md) and the heads trained on it apply
-        self.name = xml.stem.removesuffix("-int8")
+        self.name = xml.stem.removesuffix(INT8_SUFFIX)
         self.embedding_dim = int(model.outputs[0].partial_shape[1].get_length())
-        self.channels = int(ops[map_output].output(0).get_partial_shape()[1].get_length())
+        self.channels = int(map_op.output(0).get_partial_shape()[1].get_length())
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
         """BGR uint8 crops of any size -> (n, 3, H, W) float32 BGR 0-255, as the IR expects."""
-        x = np.empty((len(crops), 3, self.height, self.width), dtype=np.float32)
-        for i, crop in enumerate(crops):
-            x[i] = cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_LINEAR).transpose(
-                2, 0, 1
-            )
-        return x
+        return ir_input(crops, self.height, self.width)
 
     def run_tensor(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(X, embedding) of a preprocessed batch (n, 3, H, W)."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from pgr.paths import REPO
 from pgr.settings import DEFAULT_OPENVINO_REID
-from reid.openvino_backbone import MAP_OUTPUT_0277
+from reid.openvino_backbone import INT8_SUFFIX, MAP_OUTPUT_0277, ir_input, read_with_map_output
 from training.datasets import load_dataset
 
 
@@ -47,18 +47,13 @@ def quantize(ir: Path, crops: list[Path], map_output: str = MAP_OUTPUT_0277):
         raise SystemExit("quantizing needs NNCF: pip install nncf") from None
     import openvino as ov
 
-    model = ov.Core().read_model(str(ir))
-    ops = {op.get_friendly_name(): op for op in model.get_ops()}
-    model.add_outputs([ops[map_output].output(0)])
-    _, _, height, width = model.inputs[0].partial_shape.to_shape()
-    model.reshape({model.inputs[0].any_name: [-1, 3, height, width]})
+    model, _, height, width = read_with_map_output(ov.Core(), ir, map_output)
 
-    def tensor(path: Path) -> np.ndarray:  # as OpenVinoBackbone.preprocess: BGR 0-255, NCHW
+    def tensor(path: Path) -> np.ndarray:  # the backbone's input for one crop
         image = cv2.imread(str(path))
         if image is None:
             raise FileNotFoundError(f"cannot read {path}")
-        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        return resized.transpose(2, 0, 1)[None].astype(np.float32)
+        return ir_input([image], height, width)
 
     return nncf.quantize(
         model,
@@ -83,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model = quantize(args.ir, crops)
     args.out.mkdir(parents=True, exist_ok=True)
-    xml = args.out / f"{args.ir.stem}-int8.xml"
+    xml = args.out / f"{args.ir.stem}{INT8_SUFFIX}.xml"
     ov.save_model(model, str(xml))
     for extra in ("LICENSE",):  # the weights stay Intel's (Apache-2.0)
         if (args.ir.parent / extra).is_file():
