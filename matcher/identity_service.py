@@ -14,7 +14,7 @@ import time
 from matcher.identities import IdentityBook, IdentityParams
 from matcher.identity_store import IdentityStore
 from matcher.tracklets import INPUT_REASONS, Tracklet, TrackletBook
-from pgr.messages import IDENTITY_EVENTS, FeatureRecord, IdentityEvent, encode_identity
+from pgr.messages import IDENTITY_EVENTS, Detection, FeatureRecord, IdentityEvent, encode_identity
 from pgr.metrics import PipelineMetrics
 from pgr.settings import IdentitySettings
 from pgr.transport import Producer
@@ -69,12 +69,18 @@ class IdentityService:
         for reason in INPUT_REASONS:
             metrics.tracklet_input_refused.labels(reason)
 
-    def add(self, records: list[tuple[FeatureRecord, str]]) -> list[IdentityEvent]:
-        """Add indexed crops (record, thumbnail path); decide what became long enough or ended."""
+    def add(self, records: list[tuple[FeatureRecord, str] | Detection]) -> list[IdentityEvent]:
+        """Add indexed crops (record, thumbnail path) and sightings (a shed crop's Detection: its tracklet
+        goes on), in stream order; decide what became long enough or ended."""
         now = time.time()
         self.store.apply_erasures(self.tracklets, self.identities)
         events: list[IdentityEvent] = []
-        for rec, thumbnail in records:  # decisions after every crop: the same records, the same identities
+        for item in records:  # decisions after every crop: the same records, the same identities
+            if isinstance(item, Detection):
+                self.tracklets.sighted(item, now)
+                events += self._ended(self.tracklets.due())
+                continue
+            rec, thumbnail = item
             t = self.tracklets.add(rec, thumbnail, now)
             if t is not None and not t.decided and not t.ended and t.n_crops >= self.cfg.min_crops:
                 events += self.identities.decide(t, ended=False, now=time.time())

@@ -18,7 +18,7 @@ from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
 from pgr.consume_loop import dead_letter, reason
 from pgr.errors import IndexUnavailable, StorageUnavailable
-from pgr.messages import FeatureRecord, MalformedRecord, decode_feature
+from pgr.messages import Detection, FeatureRecord, MalformedRecord, decode_features_topic
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 
@@ -89,18 +89,25 @@ class MatcherWorker:
     def handle(self, messages: list[Message]) -> None:
         """Index the batch; returns after the index write (then the caller commits)."""
         records: dict[str, tuple[Message, FeatureRecord]] = {}
+        sightings: list[tuple[Message, Detection]] = []
         for msg in messages:
             try:
                 rec = self._accept(msg)
             except Exception as exc:  # a record must never stop the worker
                 self._dead(msg, exc)
                 continue
-            records[rec.detection.detection_id] = (msg, rec)  # a duplicate inside one batch keeps the last
+            if isinstance(rec, Detection):
+                sightings.append((msg, rec))
+            else:  # a duplicate inside one batch keeps the last
+                records[rec.detection.detection_id] = (msg, rec)
         self._drop_erased(records)  # erased on request (matcher/tombstones.py): neither indexed nor tracked
+        sightings = self._unerased(sightings)
         with _disk_errors_reported(self):
-            self._write(records)
+            self._write(records, sightings)
 
-    def _write(self, records: dict[str, tuple[Message, FeatureRecord]]) -> None:
+    def _write(
+        self, records: dict[str, tuple[Message, FeatureRecord]], sightings: list[tuple[Message, Detection]]
+    ) -> None:
         """Thumbnails, features and index rows of the accepted records; dead-letters what they refuse."""
         t0 = time.perf_counter()
         rows, thumbs, crops = [], {}, []
@@ -131,9 +138,15 @@ class MatcherWorker:
             self._dead(msg, MalformedRecord(why))
         self.features.delete([det_id for det_id in thumbs if det_id not in records])
         self.producer.flush()
+        self.metrics.sightings.inc(len(sightings))
         if self.identities is not None:  # after the index write, before the commit
-            ordered = sorted(records.values(), key=lambda mr: (mr[1].detection.timestamp, mr[0].offset))
-            self.identities.add([(rec, thumbs[rec.detection.detection_id]) for _, rec in ordered])
+            items: list[tuple[Message, Detection, tuple[FeatureRecord, str] | Detection]] = [
+                (msg, rec.detection, (rec, thumbs[rec.detection.detection_id]))
+                for msg, rec in records.values()
+            ]
+            items += [(msg, det, det) for msg, det in sightings]
+            items.sort(key=lambda item: (item[1].timestamp, item[0].offset))
+            self.identities.add([item for _, _, item in items])
         erased = self._drop_erased(records)  # erased while this batch was being written: undo its writes
         for rec in erased:
             self.thumbnails.remove(rec.detection.camera_id, rec.detection.detection_id)
@@ -197,8 +210,17 @@ class MatcherWorker:
         self.metrics.records_erased.inc(len(erased))
         return [records.pop(det_id)[1] for det_id in sorted(erased)]
 
-    def _accept(self, msg: Message) -> FeatureRecord:
-        rec = decode_feature(msg.value)
+    def _unerased(self, sightings: list[tuple[Message, Detection]]) -> list[tuple[Message, Detection]]:
+        """The sightings without a tombstone: an erased track is not extended either."""
+        if self.tombstones is None or not sightings:
+            return sightings
+        erased = self.tombstones.erased([det for _, det in sightings])
+        return [(msg, det) for msg, det in sightings if det.detection_id not in erased]
+
+    def _accept(self, msg: Message) -> FeatureRecord | Detection:
+        rec = decode_features_topic(msg.value)
+        if isinstance(rec, Detection):
+            return rec  # a sighting: no features to check
         if self.model is not None and rec.model != self.model:
             raise MalformedRecord(f"features of model {rec.model!r}, this matcher indexes {self.model!r}")
         if rec.instance.shape[0] != self.index.dim:

@@ -10,6 +10,11 @@ Bad input is counted in `TrackletBook.counts`, never raised: a crop of a camera 
 (`unknown_camera`), one older than its tracklet's last (`out_of_order`, kept), one for a tracklet that has
 already ended and was decided (`late`, dropped), and a track id seen again after its tracklet ended or with
 a clock that went back (`track_restart`: a camera reboot restarts its tracker; a new tracklet begins).
+
+Sightings (crops the re-ID stage shed, `pgr.messages.encode_sighting`) carry no features: they only keep
+their track's open tracklet going (its last crop, hence its end). One that has no open tracklet to extend
+(its track's extracted crop never came, or its tracklet had already ended) is counted
+(`sighting_unmatched`) and dropped; the next extracted crop of its track starts the tracklet as usual.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pgr.messages import CropFeatures, FeatureRecord, track_key
+from pgr.messages import CropFeatures, Detection, FeatureRecord, track_key
 
 # quality: a crop this tall (pixels) or this sharp (variance of the Laplacian) scores half its best
 HALF_QUALITY_HEIGHT = 128.0
@@ -192,6 +197,28 @@ class TrackletBook:
         elif det.timestamp < t.last_seen:
             self.counts["out_of_order"] += 1
         t.add(rec, crop_quality(det.box, det.score, rec.jpeg), thumbnail, self.keep_best)
+        t.arrived_at = self.last_arrival = now
+        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
+        self.dirty.add(t.tracklet_id)
+        return t
+
+    def sighted(self, det: Detection, now: float) -> Tracklet | None:
+        """A shed crop of a track: its open tracklet now lasts until it (returned), or None (counted)."""
+        if self.cameras is not None and det.camera_id not in self.cameras:
+            self.counts["unknown_camera"] += 1
+            return None
+        t = self.tracklets.get(self.current.get(track_key(det), ""))
+        if (
+            t is None
+            or t.ended
+            or det.timestamp > t.last_seen + self.end_gap_s
+            or det.timestamp < t.first_seen - self.end_gap_s
+        ):
+            self.counts["sighting_unmatched"] += 1
+            return None
+        if det.timestamp > t.last_seen:
+            t.last_seen, t.last_frame = det.timestamp, det.frame_index
+        t.read_at = max(t.read_at, det.read_at)
         t.arrived_at = self.last_arrival = now
         self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
         self.dirty.add(t.tracklet_id)

@@ -34,6 +34,7 @@ from pgr.validation import (
 SCHEMA_VERSION = 1
 CROP_KIND = "pgr.crop"
 FEATURE_KIND = "pgr.feature"
+SIGHTING_KIND = "pgr.sighting"
 IDENTITY_KIND = "pgr.identity"
 IDENTITY_EVENTS = ("created", "joined", "moved", "merged", "confirmed")
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -296,7 +297,32 @@ def encode_feature(rec: FeatureRecord) -> bytes:
 
 def decode_feature(raw: bytes) -> FeatureRecord:
     """Parse and validate a feature record; raises MalformedRecord."""
-    d = _load(raw, FEATURE_KIND)
+    return _feature_from(_load(raw, FEATURE_KIND))
+
+
+def encode_sighting(det: Detection) -> bytes:
+    """Serialise a sighting: a detection the re-ID stage shed (no features, no crop). It travels on the
+    features topic, in order with the feature records of its camera, so that the matcher knows a track
+    goes on while its crops are shed (its tracklet neither ends early nor splits)."""
+    body = {"kind": SIGHTING_KIND, "version": SCHEMA_VERSION, **det._fields()}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_features_topic(raw: bytes) -> FeatureRecord | Detection:
+    """Parse and validate a record of the features topic: a feature record, or a sighting (its Detection);
+    raises MalformedRecord."""
+    d = _load(raw, (FEATURE_KIND, SIGHTING_KIND))
+    if d["kind"] == FEATURE_KIND:
+        return _feature_from(d)
+    known = {"kind", "version"} | {f.name for f in fields(Detection)}
+    _require(set(d) <= known, "unknown fields in a sighting")
+    try:
+        return Detection(**Detection._from_fields(d))
+    except TypeError as exc:
+        raise MalformedRecord(str(exc)) from exc
+
+
+def _feature_from(d: dict[str, Any]) -> FeatureRecord:
     try:
         optional = {
             k: _array_in(d[k]) for k in ("parts", "part_visibility", "pixels", "pixel_coords") if k in d
@@ -333,7 +359,7 @@ def decode_identity(raw: bytes) -> IdentityEvent:
         raise MalformedRecord(str(exc)) from exc
 
 
-def _load(raw: bytes, kind: str) -> dict[str, Any]:
+def _load(raw: bytes, kind: str | tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(raw, bytes | bytearray):
         raise MalformedRecord("record is not bytes")
     if len(raw) > MAX_RECORD_BYTES:
@@ -347,7 +373,9 @@ def _load(raw: bytes, kind: str) -> dict[str, Any]:
     _require(isinstance(d, dict), "record is not a JSON object")
     _require(json_depth_within(d), "JSON nested too deeply")
     _require(strings_encodable(d), "a string cannot be encoded as UTF-8 (lone surrogate)")
-    _require(d.get("kind") == kind, f"expected kind {kind!r}, got {d.get('kind')!r}")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    want = " or ".join(repr(k) for k in kinds)
+    _require(d.get("kind") in kinds, f"expected kind {want}, got {d.get('kind')!r}")
     _require(d.get("version") == SCHEMA_VERSION, f"unsupported version {d.get('version')!r}")
     return d
 

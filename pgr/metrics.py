@@ -86,6 +86,11 @@ class PipelineMetrics(ServedRegistry):
             "Crops the re-ID stage did not extract because it was behind (reid.shed_after_s)",
             registry=r,
         )
+        self.sightings = Counter(
+            "pgr_sightings",
+            "Shed crops the matcher heard of (no features): they keep their track's tracklet going",
+            registry=r,
+        )
         self.records_indexed = Counter(
             "pgr_records_indexed", "Feature records written to the index", registry=r
         )

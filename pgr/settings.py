@@ -189,6 +189,21 @@ class ReidSettings(StrictModel):
         "had none for shed_every_s (0: off, every crop waits its turn; reid/sampling.py)",
     )
     shed_every_s: float = Field(4.0, gt=0, description="the sampling interval while shedding (stream s)")
+    shed_hard_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="hard shedding: a crop later than this (as for shed_after_s) is extracted only if it is "
+        "its track's first, so the stage falls at most about this far behind (0: off; above shed_after_s)",
+    )
+
+    @model_validator(mode="after")
+    def _hard_shedding_above_shedding(self) -> ReidSettings:
+        if self.shed_hard_after_s > 0 and not 0 < self.shed_after_s < self.shed_hard_after_s:
+            raise ValueError(
+                f"reid.shed_hard_after_s ({self.shed_hard_after_s}) needs reid.shed_after_s above 0 and "
+                f"below it (got {self.shed_after_s})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _placeholder_needs_mobilenet(self) -> ReidSettings:

@@ -18,6 +18,13 @@ of each track, not by making every identity late (counted as shed). A stage that
 batch (the worker's measured seconds a crop times the crops it has decided to extract): a burst that
 arrives in one large batch is shed from its first crops on, not only once the next batch is late too.
 
+Hard shedding (`reid.shed_hard_after_s` = H > A): a crop later than H is extracted only if it is its
+track's first (or its first after a gap of `gap_s`, the matcher's end gap, which starts a new tracklet), so
+the stage's work falls to one crop per new track until it has caught up: a bound on how far behind it can
+fall that holds whatever the stream brings (as long as new tracks come slower than it extracts). Every shed
+crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its tracklet goes on,
+and ends, with the track, not with the last crop that was extracted.
+
 >>> sampler = TrackSampler(every_s=4.0)
 >>> sampler.wants(detection)  # doctest: +SKIP
 True
@@ -25,6 +32,7 @@ True
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,9 +62,13 @@ class TrackSampler:
         shed_after_s: float = 0.0,
         shed_every_s: float = 4.0,
         clock: Callable[[], float] = time.time,
+        shed_hard_after_s: float = 0.0,
+        gap_s: float = math.inf,
     ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
         self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
+        self.shed_hard_after_s = shed_hard_after_s
+        self.gap_s = gap_s  # a track seen again after this long starts a new tracklet: a first crop again
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
         self.calls = 0
@@ -75,10 +87,15 @@ class TrackSampler:
         t = self.tracks.get(key)
         if t is not None and det.detection_id in t.decided:
             return t.decided[det.detection_id]  # redelivered: the same answer
-        late = 0 < self.shed_after_s < self.clock() - det.read_at + backlog_s
+        lateness = self.clock() - det.read_at + backlog_s
+        late = 0 < self.shed_after_s < lateness
         every = max(self.every_s, self.shed_every_s) if late else self.every_s
-        # first crop, S seconds on, or a clock that went back (a camera reboot): extract
-        since = float("inf") if t is None else abs(det.timestamp - t.last_extracted)
+        if 0 < self.shed_hard_after_s < lateness:
+            every = math.inf  # only a track's first crop
+        # first crop (of the track, or of its tracklet after a gap), S seconds on, or a clock that went
+        # back (a camera reboot): extract
+        fresh = t is None or det.timestamp - t.last_seen > self.gap_s
+        since = math.inf if fresh else abs(det.timestamp - t.last_extracted)
         decision: Decision = "extract" if since >= every else "shed" if since >= self.every_s else "sampled"
         if t is None:
             t = self.tracks[key] = _Track(det.timestamp, det.timestamp)

@@ -9,7 +9,14 @@ import numpy as np
 
 from pgr.consume_loop import dead_letter, reason
 from pgr.images import decode_image
-from pgr.messages import CropFeatures, CropRecord, FeatureRecord, decode_crop, encode_feature
+from pgr.messages import (
+    CropFeatures,
+    CropRecord,
+    FeatureRecord,
+    decode_crop,
+    encode_feature,
+    encode_sighting,
+)
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 from reid.extractor import FeatureExtractor
@@ -44,6 +51,7 @@ class ReidWorker:
         reason. Only a producer that cannot deliver (the broker) raises, and then nothing is committed.
         """
         good: list[tuple[Message, CropRecord, np.ndarray]] = []
+        in_order: list[tuple[CropRecord, int | None]] = []  # (crop, its index in `good`; None: shed)
         for msg in messages:
             try:
                 rec = decode_crop(msg.value)
@@ -51,15 +59,18 @@ class ReidWorker:
                 decision = (
                     "extract" if self.sampler is None else self.sampler.decide(rec.detection, backlog_s)
                 )
-                if decision != "extract":
-                    skipped = (
-                        self.metrics.crops_shed if decision == "shed" else self.metrics.crops_sampled_out
-                    )
-                    skipped.inc()
+                if decision == "shed":  # the matcher still hears that the track goes on (a sighting)
+                    in_order.append((rec, None))
+                    self.metrics.crops_shed.inc()
+                    continue
+                if decision == "sampled":
+                    self.metrics.crops_sampled_out.inc()
                     continue
                 good.append((msg, rec, decode_image(rec.jpeg)))
+                in_order.append((rec, len(good) - 1))
             except Exception as exc:  # a record must never stop the worker
                 self._dead(msg, exc)
+        features: list[CropFeatures | None] = []
         if good:
             t0 = time.perf_counter()
             features = self._extract(good)
@@ -67,9 +78,11 @@ class ReidWorker:
             self.metrics.stage_latency.labels("extract").observe(took)
             per_crop = took / len(good)
             self.crop_s = per_crop if self.crop_s == 0 else 0.8 * self.crop_s + 0.2 * per_crop
-            for (msg, rec, _), f in zip(good, features, strict=True):
-                if f is not None:
-                    self._publish(msg, rec, f)
+        for rec, i in in_order:  # in the order they came: a camera's records stay in stream order
+            if i is None:
+                self._send(encode_sighting(rec.detection), rec)
+            elif (f := features[i]) is not None:
+                self._publish(good[i][0], rec, f)
         self.producer.flush()
 
     def _extract(self, good: list[tuple[Message, CropRecord, np.ndarray]]) -> list[CropFeatures | None]:
@@ -99,12 +112,16 @@ class ReidWorker:
                 pixels=f.pixels,
                 pixel_coords=f.pixel_coords,
             )
-            value, key = encode_feature(out), rec.detection.camera_id.encode()
+            value = encode_feature(out)
         except Exception as exc:  # e.g. the model produced non-finite features
             self._dead(msg, exc)
             return
-        self.producer.send(self.features_topic, value, key=key)
+        self._send(value, rec)
         self.metrics.features_extracted.inc()
+
+    def _send(self, value: bytes, rec: CropRecord) -> None:
+        """To the features topic, keyed by camera: a camera's records stay in order."""
+        self.producer.send(self.features_topic, value, key=rec.detection.camera_id.encode())
 
     def _dead(self, msg: Message, exc: BaseException) -> None:
         dead_letter(self.producer, self.dead_letter_topic, msg, STAGE, reason(exc), self.metrics)

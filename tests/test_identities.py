@@ -30,6 +30,7 @@ from pgr.messages import (
     IdentityEvent,
     MalformedRecord,
     decode_feature,
+    decode_features_topic,
     decode_identity,
     encode_feature,
     encode_identity,
@@ -638,21 +639,25 @@ def test_the_reid_stage_extracts_a_sample_of_each_track(pets, tmp_path, write_co
 
     settings, records, extractor, _ = pets
     crops = [CropRecord(r.detection, r.jpeg) for r in records]
-    sampler = TrackSampler(every_s=4.0)
+    gap = settings.matcher.identities.end_gap_s  # a track back after a gap: a new tracklet, a first crop
+    sampler = TrackSampler(every_s=4.0, gap_s=gap)
     wanted = [sampler.wants(c.detection) for c in crops]
     assert [sampler.wants(c.detection) for c in crops] == wanted  # the same crops again: the same answer
     last: dict[int, float] = {}
+    seen: dict[int, float] = {}
     for c, w in zip(crops, wanted, strict=True):
         d = c.detection
         if d.track_id < 0:
             assert w
-        elif d.track_id not in last:
-            assert w  # a track's first crop
+        elif d.track_id not in last or d.timestamp - seen[d.track_id] > gap:
+            assert w  # a track's first crop, or its first after a gap
             last[d.track_id] = d.timestamp
         else:
             assert w == (d.timestamp - last[d.track_id] >= 4.0), (d.detection_id, last[d.track_id])
             if w:
                 last[d.track_id] = d.timestamp
+        if d.track_id >= 0:
+            seen[d.track_id] = max(seen.get(d.track_id, d.timestamp), d.timestamp)
     assert 0 < sum(not w for w in wanted) < len(crops)
 
     bus, done = InProcessBus(capacity=100_000), threading.Event()
@@ -694,13 +699,14 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     first_read, newest_read = min(c.detection.read_at for c in crops), max(c.detection.read_at for c in crops)
     on_time = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: first_read)
     assert all(on_time.decide(c.detection) == "extract" for c in crops)
-    behind = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: newest_read + 60)
+    gap = settings.matcher.identities.end_gap_s
+    behind = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: newest_read + 60, gap_s=gap)
     decisions = [behind.decide(c.detection) for c in crops]
-    reference = TrackSampler(every_s=4.0)
+    reference = TrackSampler(every_s=4.0, gap_s=gap)
     assert decisions == ["extract" if reference.wants(c.detection) else "shed" for c in crops]
     assert "shed" in decisions
     # on time so far, but with the extraction queued ahead of them the crops would come out late
-    queued = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: first_read)
+    queued = TrackSampler(0.0, shed_after_s=2.0, shed_every_s=4.0, clock=lambda: first_read, gap_s=gap)
     assert [queued.decide(c.detection, backlog_s=60.0) for c in crops] == decisions
 
     bus, done = InProcessBus(capacity=100_000), threading.Event()
@@ -714,7 +720,12 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     run_reid_stage(
         settings.model_copy(update={"reid": reid}), bus, metrics, threading.Event(), done, extractor
     )
-    out = [decode_feature(m.value).detection.detection_id for m in bus.records(settings.topics.features)]
+    topic = [decode_features_topic(m.value) for m in bus.records(settings.topics.features)]
+    # every crop comes out, in order: extracted as a feature record, shed as a sighting (no features)
+    assert [r.detection_id if isinstance(r, Detection) else r.detection.detection_id for r in topic] == [
+        c.detection.detection_id for c in crops
+    ]
+    out = [r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)]
     assert out == [c.detection.detection_id for c, d in zip(crops, decisions, strict=True) if d == "extract"]
     assert metrics.crops_shed._value.get() == len(crops) - len(out) > 0
     assert metrics.crops_sampled_out._value.get() == 0
@@ -725,11 +736,12 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     for c in crops:
         bus.producer().send(settings.topics.crops, encode_crop(c))
     lag = newest_read - first_read + 1.0
-    sampler = TrackSampler(0.0, shed_after_s=lag, shed_every_s=4.0, clock=lambda: newest_read)
+    sampler = TrackSampler(0.0, shed_after_s=lag, shed_every_s=4.0, clock=lambda: newest_read, gap_s=gap)
     worker = ReidWorker(extractor, bus.producer(), "f", "dlq", PipelineMetrics(), sampler)
     worker.crop_s = 1000.0
     worker.handle(bus.records(settings.topics.crops))
-    assert [decode_feature(m.value).detection.detection_id for m in bus.records("f")] == out
+    topic = [decode_features_topic(m.value) for m in bus.records("f")]
+    assert [r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)] == out
     assert 0 < worker.crop_s < 1000.0
 
     config = write_config(
@@ -742,6 +754,95 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
     )
     with pytest.raises(SettingsError, match="shed_every_s"):
         load_settings(config)
+
+
+def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(pets, tmp_path):
+    """reid.shed_hard_after_s: a crop later than that is extracted only if it is its track's first; the shed
+    crops reach the matcher as sightings, so each tracklet lasts as long as its track (without them it
+    would end at its first crop), none splits, and the tracklets are the ones of an on-time run."""
+    from pgr.messages import CropRecord, encode_crop
+    from reid.sampling import TrackSampler
+
+    settings, records, extractor, _ = pets
+    crops = [CropRecord(r.detection, r.jpeg) for r in records if r.detection.track_id >= 0]
+    newest_read = max(c.detection.read_at for c in crops)
+    gap = settings.matcher.identities.end_gap_s
+    late = {"shed_after_s": 1.0, "shed_every_s": 2.0, "clock": lambda: newest_read + 60, "gap_s": gap}
+    hard = TrackSampler(0.0, shed_hard_after_s=30.0, **late)
+    decisions = [hard.decide(c.detection) for c in crops]
+    firsts, seen = set(), {}  # a track's first crop, and its first after a gap of more than `gap`
+    for c in crops:
+        d = c.detection
+        if d.track_id not in seen or d.timestamp - seen[d.track_id] > gap:
+            firsts.add(d.detection_id)
+        seen[d.track_id] = max(seen.get(d.track_id, d.timestamp), d.timestamp)
+    assert [d == "extract" for d in decisions] == [c.detection.detection_id in firsts for c in crops]
+    # between the two bounds it sheds as before (every shed_every_s), not harder
+    soft = TrackSampler(0.0, shed_hard_after_s=1e6, **late)
+    assert sum(soft.decide(c.detection) == "extract" for c in crops) > len(firsts)
+
+    bus, done = InProcessBus(capacity=100_000), threading.Event()
+    for c in crops:
+        bus.producer().send(settings.topics.crops, encode_crop(c))
+    done.set()
+    reid = settings.reid.model_copy(
+        update={"shed_after_s": 0.001, "shed_every_s": 2.0, "shed_hard_after_s": 0.002}
+    )
+    metrics = PipelineMetrics()
+    run_reid_stage(
+        settings.model_copy(update={"reid": reid}), bus, metrics, threading.Event(), done, extractor
+    )
+    topic = [decode_features_topic(m.value) for m in bus.records(settings.topics.features)]
+    sightings = [r for r in topic if isinstance(r, Detection)]
+    assert len(topic) == len(crops) and len(sightings) == len(crops) - len(firsts)
+    assert metrics.crops_shed._value.get() == len(sightings)
+
+    # the real matcher stage over that topic: tracklets span their tracks
+    cfg = {"end_gap_s": 3.0, "idle_end_s": 1e6}
+    matcher = settings.matcher.model_copy(
+        update={
+            "milvus_uri": str(tmp_path / "h.db"),
+            "thumbnails_dir": str(tmp_path / "h-thumbs"),
+            "features_dir": str(tmp_path / "h-features"),
+            "identities": settings.matcher.identities.model_copy(
+                update={**cfg, "store": str(tmp_path / "h.sqlite")}
+            ),
+        }
+    )
+    m_metrics = PipelineMetrics()
+    reid_done = threading.Event()
+    reid_done.set()
+    run_matcher_stage(
+        settings.model_copy(update={"matcher": matcher}),
+        bus,
+        m_metrics,
+        threading.Event(),
+        reid_done,
+        extractor,
+    )
+    assert m_metrics.sightings._value.get() == len(sightings)
+    store = IdentityStore(tmp_path / "h.sqlite")
+    spans = {
+        tid: (first_seen, last_seen)
+        for tid, first_seen, last_seen in store.db.execute(
+            "SELECT tracklet_id, first_seen, last_seen FROM tracklets"
+        )
+    }
+    # the same tracklets as feeding every crop on time (end gap 3 s: a track gone 3 s is a new tracklet)
+    on_time = IdentityStore(tmp_path / "on-time.sqlite")
+    service = _service(settings, on_time, **cfg)
+    _feed(service, [r for r in records if r.detection.track_id >= 0])
+    service.finish()
+    expected = on_time.db.execute("SELECT tracklet_id, first_seen, last_seen FROM tracklets").fetchall()
+    assert sorted(spans.items()) == sorted((tid, (a, b)) for tid, a, b in expected)
+    long_tracks = [k for k, (a, b) in spans.items() if b - a > cfg["end_gap_s"]]
+    assert long_tracks, "the fixture should have tracks longer than the end gap"
+    store.close()
+    on_time.close()
+
+    bad = settings.reid.model_copy(update={"shed_after_s": 0.0, "shed_hard_after_s": 5.0})
+    with pytest.raises(ValueError, match="shed_hard_after_s"):
+        type(bad).model_validate(bad.model_dump())
 
 
 def test_process_cpu_seconds_for_the_replay_report():

@@ -195,6 +195,7 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
                 ("sample_every_s", args.sample_every),
                 ("shed_after_s", args.shed_after),
                 ("shed_every_s", args.shed_every),
+                ("shed_hard_after_s", args.shed_hard_after),
             )
             if value is not None
         },
@@ -335,6 +336,8 @@ def run_replay(args) -> dict:
         crops_shed=int(metrics.crops_shed._value.get()),
         shed_after_s=settings.reid.shed_after_s,
         shed_every_s=settings.reid.shed_every_s,
+        shed_hard_after_s=settings.reid.shed_hard_after_s,
+        sightings=int(metrics.sightings._value.get()),
         extracted_per_s=round(extracted / total_s, 1),
         reid_in_its_own_process=bool(args.reid_process),
         load_average_before=[round(v, 2) for v in load_before],
@@ -984,6 +987,11 @@ def main(argv: list[str] | None = None) -> int:
         "--shed-every",
         type=float,
         help="reid.shed_every_s: the sampling while shedding (default: the config's)",
+    )
+    replay.add_argument(
+        "--shed-hard-after",
+        type=float,
+        help="reid.shed_hard_after_s: only a track's first crop when later than this (default: the config's)",
     )
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"

@@ -150,7 +150,13 @@ def run_reid_stage(
     producer = transport.producer()
     r = settings.reid
     sampler = (
-        TrackSampler(r.sample_every_s, shed_after_s=r.shed_after_s, shed_every_s=r.shed_every_s)
+        TrackSampler(
+            r.sample_every_s,
+            shed_after_s=r.shed_after_s,
+            shed_every_s=r.shed_every_s,
+            shed_hard_after_s=r.shed_hard_after_s,
+            gap_s=settings.matcher.identities.end_gap_s,
+        )
         if r.sample_every_s > 0 or r.shed_after_s > 0
         else None
     )
