@@ -760,6 +760,9 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
     """reid.shed_hard_after_s: a crop later than that is extracted only if it is its track's first; the shed
     crops reach the matcher as sightings, so each tracklet lasts as long as its track (without them it
     would end at its first crop), none splits, and the tracklets are the ones of an on-time run."""
+    import math
+
+    from pgr.app.identity_eval import sampled
     from pgr.messages import CropRecord, encode_crop
     from reid.sampling import TrackSampler
 
@@ -780,6 +783,12 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
     # between the two bounds it sheds as before (every shed_every_s), not harder
     soft = TrackSampler(0.0, shed_hard_after_s=1e6, **late)
     assert sum(soft.decide(c.detection) == "extract" for c in crops) > len(firsts)
+    # the offline replay's stand-in (calibration under hard shedding): the same crops, sightings for the rest
+    offline = sampled([r for r in records if r.detection.track_id >= 0], math.inf, gap)
+    assert [r.detection_id if isinstance(r, Detection) else r.detection.detection_id for r in offline] == [
+        c.detection.detection_id for c in crops
+    ]
+    assert {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)} == firsts
 
     bus, done = InProcessBus(capacity=100_000), threading.Event()
     for c in crops:

@@ -15,9 +15,11 @@ from pgr.messages import (
     MalformedRecord,
     decode_crop,
     decode_feature,
+    decode_features_topic,
     detection_id,
     encode_crop,
     encode_feature,
+    encode_sighting,
 )
 
 JPEG = cv2.imencode(".jpg", np.full((64, 32, 3), 128, np.uint8))[1].tobytes()
@@ -109,3 +111,22 @@ def test_feature_array_with_wrong_byte_count_is_rejected():
     body["instance"] = {"dtype": "object", "shape": [1], "data": ""}
     with pytest.raises(MalformedRecord, match="dtype"):
         decode_feature(json.dumps(body).encode())
+
+
+def test_the_features_topic_carries_feature_records_and_sightings():
+    """A sighting (a shed crop: its detection, no features) decodes beside feature records on the features
+    topic; one with extra fields, a bad box or another kind is refused with the reason."""
+    d = det()
+    assert decode_features_topic(encode_sighting(d)) == d
+    rec = FeatureRecord(d, "m", np.ones(4, np.float32) / 2, JPEG)
+    assert decode_features_topic(encode_feature(rec)).detection == d
+    body = json.loads(encode_sighting(d))
+    for change, why in (
+        ({"instance": [1.0]}, "unknown fields in a sighting"),
+        ({"box": [5.0, 5.0, 1.0, 1.0]}, "x2>x1"),
+        ({"kind": "pgr.crop"}, "expected kind 'pgr.feature' or 'pgr.sighting'"),
+    ):
+        with pytest.raises(MalformedRecord, match=why):
+            decode_features_topic(json.dumps({**body, **change}).encode())
+    with pytest.raises(MalformedRecord, match="expected kind 'pgr.feature'"):
+        decode_feature(encode_sighting(d))  # a reader of feature records alone refuses a sighting

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -671,7 +672,7 @@ class _Discard:
 def offline_run(
     cfg: IdentitySettings,
     retrieval: RetrievalParams,
-    records: list[FeatureRecord],
+    records: list[FeatureRecord | Detection],
     store: IdentityStore | None = None,
     every: Callable[[IdentityService, int], None] | None = None,
 ) -> IdentityStore:
@@ -681,7 +682,7 @@ def offline_run(
     store = store or IdentityStore(Path(":memory:"))
     service = IdentityService(cfg, retrieval, store, _Discard(), "identities", PipelineMetrics())
     for i in range(0, len(records), 64):
-        service.add([(r, "") for r in records[i : i + 64]])
+        service.add([r if isinstance(r, Detection) else (r, "") for r in records[i : i + 64]])
         if every is not None:
             every(service, i)
     service.finish()
@@ -741,8 +742,20 @@ def run_memory(args) -> dict:
     }
 
 
-def sampled(records: list[FeatureRecord], every_s: float) -> list[FeatureRecord]:
-    """The records the re-ID stage extracts with `reid.sample_every_s` (reid/sampling.py; all for 0)."""
+def sampled(
+    records: list[FeatureRecord], every_s: float, end_gap_s: float = math.inf
+) -> list[FeatureRecord | Detection]:
+    """The records the re-ID stage extracts with `reid.sample_every_s` (reid/sampling.py; all for 0). An
+    interval of `end_gap_s` or more is shedding, which only sends sightings can make (its sampling would
+    otherwise end tracklets between extracted crops): a track's first crop (and its first after `end_gap_s`)
+    and one every `every_s`, every other crop a sighting (its Detection), as the matcher then gets them;
+    infinite: hard shedding throughout (`reid.shed_hard_after_s`)."""
+    if every_s >= end_gap_s:
+        hard = 2e-9 if math.isinf(every_s) else 0.0
+        sampler = TrackSampler(
+            0.0, shed_after_s=1e-9, shed_every_s=every_s, shed_hard_after_s=hard, gap_s=end_gap_s
+        )
+        return [r if sampler.wants(r.detection) else r.detection for r in records]
     sampler = TrackSampler(every_s)
     return [r for r in records if sampler.wants(r.detection)]
 
@@ -762,7 +775,7 @@ def _calibration_row(job: tuple) -> dict:
     overrides["merge_threshold"] = min(threshold + delta, 1.0)
     overrides["window_s"] = window
     cfg = base.model_validate({**base.model_dump(), **overrides})
-    kept = sampled(records, every)
+    kept = sampled(records, every, cfg.end_gap_s)
     store = offline_run(cfg, retrieval, kept)
     score = score_store(store, crops)
     store.close()
@@ -777,7 +790,7 @@ def _calibration_row(job: tuple) -> dict:
     )
     return {
         "sample_every_s": every,
-        "extracted": round(len(kept) / len(records), 4),
+        "extracted": round(sum(isinstance(r, FeatureRecord) for r in kept) / len(records), 4),
         "instance_only": instance_only,
         "threshold": threshold,
         "merge_threshold": overrides["merge_threshold"],
@@ -1017,7 +1030,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         nargs="+",
         default=[0.0],
-        help="reid.sample_every_s values to compare (0: every crop)",
+        help="reid.sample_every_s values to compare (0: every crop; from the end gap up, shedding with "
+        "sightings at that interval; inf: hard shedding throughout, a track's first crop and sightings)",
     )
     calibrate.add_argument(
         "--window",

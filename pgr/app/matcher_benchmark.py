@@ -1,6 +1,6 @@
 """What the matcher costs per record, by how many records one write carries (a benchmark, not a test).
 
-    python -m pgr.app.matcher_benchmark [--batch 1 4 16] [--records 1500] [--dataset dukemtmc]
+    python -m pgr.app.matcher_benchmark [--batch 1 4 16] [--records 1500] [--dataset dukemtmc] [--sightings]
 
 Each run feeds `--records` feature records, in the identity replay's order of a re-ID test set (cameras,
 frames and local tracks from the file names: pgr/app/identity_eval.py), through `MatcherWorker.handle` in
@@ -9,7 +9,9 @@ store) and identities on (configs/identities_dukemtmc.yaml). The features are sy
 default model's (instance 256, five parts, 60 pixel cells of 64): one random direction per true identity
 plus noise, so tracklets join and found identities as they would, without running the CNN. Kafka is left
 out (the consume loop's poll and commit). Reports wall and CPU milliseconds per record for each batch size:
-the fixed cost of a write (fsyncs, manifests, the identity store's commit) shows as the difference.
+the fixed cost of a write (fsyncs, manifests, the identity store's commit) shows as the difference. With
+`--sightings`, as under hard shedding (reid/sampling.py), only a track's first crop is a feature record and
+every other crop a sighting (no features): what the matcher costs a record when most are sightings.
 """
 
 from __future__ import annotations
@@ -25,16 +27,23 @@ from pgr.machine import describe_machine
 from pgr.paths import REPO
 
 
-def feature_messages(data: Path, dataset: str, n: int, seed: int = 0) -> list:
-    """`n` encoded feature records of the replay's first crops, with synthetic per-identity features."""
+def feature_messages(data: Path, dataset: str, n: int, seed: int = 0, sightings: bool = False) -> list:
+    """`n` encoded feature records of the replay's first crops, with synthetic per-identity features (with
+    `sightings`: a sighting for every crop but a track's first)."""
     from pgr.app.identity_eval import crop_record, replay_crops
-    from pgr.messages import FeatureRecord, encode_feature
+    from pgr.messages import FeatureRecord, encode_feature, encode_sighting
     from pgr.transport import Message
 
     rng = np.random.default_rng(seed)
     direction: dict[int, np.ndarray] = {}
+    tracks: set[tuple[str, int]] = set()
     out = []
     for i, c in enumerate(replay_crops(data, dataset, "test", 10.0)[:n]):
+        if sightings and (c.camera, c.track) in tracks:
+            sighting = encode_sighting(crop_record(c, time.time()).detection)
+            out.append(Message("features", 0, i, None, sighting))
+            continue
+        tracks.add((c.camera, c.track))
         v = direction.setdefault(c.pid, rng.normal(size=256))
         inst = v + 0.6 * rng.normal(size=256)
         parts = (v[None] + rng.normal(size=(5, 256))).astype(np.float32)
@@ -101,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "identities_dukemtmc.yaml")
     ap.add_argument("--records", type=int, default=1500)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--sightings", action="store_true", help="a track's first crop only; sightings after")
     ap.add_argument(
         "--workdir", type=Path, default=REPO / "var", help="where the stores go (a real disk: fsyncs count)"
     )
     args = ap.parse_args(argv)
-    messages = feature_messages(args.data, args.dataset, args.records)
-    print(f"{describe_machine()}; {len(messages)} records of {args.dataset}'s replay")
+    messages = feature_messages(args.data, args.dataset, args.records, sightings=args.sightings)
+    kind = "records (a track's first crop, then sightings)" if args.sightings else "records"
+    print(f"{describe_machine()}; {len(messages)} {kind} of {args.dataset}'s replay")
     for batch in args.batch:
         args.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="pgr-matcher-bench-", dir=args.workdir) as folder:
