@@ -1,4 +1,5 @@
-"""The matcher: consume feature records, keep thumbnails and features on disk and index the detections."""
+"""The matcher: consume feature records, keep thumbnails and features on disk and index the detections;
+sightings (shed crops, no features) only extend their tracklets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The re-ID worker: consume crop records in batches, extract features, publish feature records."""
+"""The re-ID worker: consume crop records in batches, extract features, publish feature records (and, for
+the crops it sheds while behind, sightings: reid/sampling.py)."""
 
 from __future__ import annotations
 

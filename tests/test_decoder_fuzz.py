@@ -6,12 +6,22 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import types
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgr.messages import MalformedRecord, decode_crop, decode_feature, encode_crop, encode_feature
+from pgr.messages import (
+    Detection,
+    MalformedRecord,
+    decode_crop,
+    decode_feature,
+    decode_features_topic,
+    encode_crop,
+    encode_feature,
+    encode_sighting,
+)
 from tests.test_poison_records import crop_body, feature_body
 
 FUZZ = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
@@ -57,7 +67,7 @@ def _check_usable(rec) -> None:
 @FUZZ
 @given(st.binary(max_size=2000))
 def test_random_bytes(raw):
-    for decode in (decode_crop, decode_feature):
+    for decode in (decode_crop, decode_feature, decode_features_topic):
         with contextlib.suppress(MalformedRecord):
             decode(raw)
 
@@ -86,3 +96,19 @@ def test_mutated_feature_records(edits):
     assert 0 < len(rec.model) <= 128 and model
     back = decode_feature(encode_feature(rec))
     assert back.detection == rec.detection and np.array_equal(back.instance, rec.instance)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(CROP_FIELDS), EDGES | json_values), min_size=1, max_size=4))
+def test_mutated_sightings(edits):
+    """A sighting is a crop record's detection without the crop: the same fields, the same checks."""
+    body = crop_body()
+    body.pop("jpeg")
+    body["kind"] = "pgr.sighting"
+    try:
+        det = decode_features_topic(_mutate(body, edits))
+    except MalformedRecord:
+        return
+    assert isinstance(det, Detection)
+    _check_usable(types.SimpleNamespace(detection=det))
+    assert decode_features_topic(encode_sighting(det)) == det
