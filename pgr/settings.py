@@ -193,7 +193,15 @@ class ReidSettings(StrictModel):
         0.0,
         ge=0,
         description="hard shedding: a crop later than this (as for shed_after_s) is extracted only if it is "
-        "its track's first, so the stage falls at most about this far behind (0: off; above shed_after_s)",
+        "among its tracklet's first shed_hard_crops, so the stage falls at most about this far behind "
+        "(0: off; above shed_after_s)",
+    )
+    shed_hard_crops: int = Field(
+        1,
+        ge=1,
+        description="hard shedding extracts this many crops of a tracklet: its first, then each a "
+        "shed_every_s after the last (1 bounds the delay; 2 keeps identities near every-6-s quality but "
+        "lets the delay grow where tracks come faster than half the extraction rate: RESULTS.md)",
     )
 
     @model_validator(mode="after")

@@ -18,12 +18,14 @@ of each track, not by making every identity late (counted as shed). A stage that
 batch (the worker's measured seconds a crop times the crops it has decided to extract): a burst that
 arrives in one large batch is shed from its first crops on, not only once the next batch is late too.
 
-Hard shedding (`reid.shed_hard_after_s` = H > A): a crop later than H is extracted only if it is its
-track's first (or its first after a gap of `gap_s`, the matcher's end gap, which starts a new tracklet), so
-the stage's work falls to one crop per new track until it has caught up: a bound on how far behind it can
-fall that holds whatever the stream brings (as long as new tracks come slower than it extracts). Every shed
-crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its tracklet goes on,
-and ends, with the track, not with the last crop that was extracted.
+Hard shedding (`reid.shed_hard_after_s` = H > A): a crop later than H is extracted only if it is among the
+first `hard_crops` (`reid.shed_hard_crops`, 1) of its track's tracklet: its first (or its first after a gap
+of `gap_s`, the matcher's end gap, which starts a new tracklet), then each one `shed_every_s` after the
+last. The stage's work falls to a few crops per new track until it has caught up: a bound on how far behind
+it can fall, whatever the stream brings, as long as new tracks times `hard_crops` come slower than it
+extracts.
+Every shed crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its
+tracklet goes on, and ends, with the track, not with the last crop that was extracted.
 
 >>> sampler = TrackSampler(every_s=4.0)
 >>> sampler.wants(detection)  # doctest: +SKIP
@@ -48,6 +50,7 @@ Decision = Literal["extract", "sampled", "shed"]
 class _Track:
     last_extracted: float
     last_seen: float
+    extracted: int = 0  # crops extracted since the track's tracklet began (its first, or after a gap)
     decided: dict[str, Decision] = field(default_factory=dict)  # detection id -> decision, oldest first
 
 
@@ -64,10 +67,11 @@ class TrackSampler:
         clock: Callable[[], float] = time.time,
         shed_hard_after_s: float = 0.0,
         gap_s: float = math.inf,
+        hard_crops: int = 1,
     ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
         self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
-        self.shed_hard_after_s = shed_hard_after_s
+        self.shed_hard_after_s, self.hard_crops = shed_hard_after_s, hard_crops
         self.gap_s = gap_s  # a track seen again after this long starts a new tracklet: a first crop again
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
@@ -90,17 +94,20 @@ class TrackSampler:
         lateness = self.clock() - det.read_at + backlog_s
         late = 0 < self.shed_after_s < lateness
         every = max(self.every_s, self.shed_every_s) if late else self.every_s
-        if 0 < self.shed_hard_after_s < lateness:
-            every = math.inf  # only a track's first crop
         # first crop (of the track, or of its tracklet after a gap), S seconds on, or a clock that went
         # back (a camera reboot): extract
         fresh = t is None or det.timestamp - t.last_seen > self.gap_s
+        if 0 < self.shed_hard_after_s < lateness and (fresh or t.extracted >= self.hard_crops):
+            every = math.inf  # only a tracklet's first `hard_crops` crops
         since = math.inf if fresh else abs(det.timestamp - t.last_extracted)
         decision: Decision = "extract" if since >= every else "shed" if since >= self.every_s else "sampled"
         if t is None:
             t = self.tracks[key] = _Track(det.timestamp, det.timestamp)
+        if fresh:
+            t.extracted = 0
         if decision == "extract":
             t.last_extracted = det.timestamp
+            t.extracted += 1
         t.last_seen = max(t.last_seen, det.timestamp)
         t.decided[det.detection_id] = decision
         if len(t.decided) > REMEMBERED:

@@ -5,6 +5,7 @@ and over Kafka as a process that is killed mid-replay and restarted."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import sqlite3
 import threading
@@ -756,12 +757,28 @@ def test_a_reid_stage_behind_sheds_crops_of_tracks_it_has_seen(pets, tmp_path, w
         load_settings(config)
 
 
-def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(pets, tmp_path):
-    """reid.shed_hard_after_s: a crop later than that is extracted only if it is its track's first; the shed
-    crops reach the matcher as sightings, so each tracklet lasts as long as its track (without them it
-    would end at its first crop), none splits, and the tracklets are the ones of an on-time run."""
-    import math
+def _first_crops(crops: list, n: int, every_s: float, gap_s: float) -> set[str]:
+    """The crops hard shedding keeps, written out: of each track's tracklet (a new one after more than
+    `gap_s` without the track) its first crop, then up to n - 1 more, each `every_s` after the last kept."""
+    kept: set[str] = set()
+    state: dict[int, tuple[float, float, int]] = {}  # track -> (last seen, last kept, kept in its tracklet)
+    for c in crops:
+        d = c.detection
+        seen, last, count = state.get(d.track_id, (-math.inf, -math.inf, 0))
+        if d.timestamp - seen > gap_s:
+            last, count = -math.inf, 0
+        if count < n and d.timestamp - last >= every_s:
+            kept.add(d.detection_id)
+            last, count = d.timestamp, count + 1
+        state[d.track_id] = (max(seen, d.timestamp), last, count)
+    return kept
 
+
+def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(pets, tmp_path):
+    """reid.shed_hard_after_s: a crop later than that is extracted only if it is among its tracklet's first
+    reid.shed_hard_crops; the shed crops reach the matcher as sightings, so each tracklet lasts as long as
+    its track (without them it would end at its last extracted crop), none splits, and the tracklets are the
+    ones of an on-time run."""
     from pgr.app.identity_eval import sampled
     from pgr.messages import CropRecord, encode_crop
     from reid.sampling import TrackSampler
@@ -771,31 +788,36 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
     newest_read = max(c.detection.read_at for c in crops)
     gap = settings.matcher.identities.end_gap_s
     late = {"shed_after_s": 1.0, "shed_every_s": 2.0, "clock": lambda: newest_read + 60, "gap_s": gap}
-    hard = TrackSampler(0.0, shed_hard_after_s=30.0, **late)
-    decisions = [hard.decide(c.detection) for c in crops]
-    firsts, seen = set(), {}  # a track's first crop, and its first after a gap of more than `gap`
-    for c in crops:
-        d = c.detection
-        if d.track_id not in seen or d.timestamp - seen[d.track_id] > gap:
-            firsts.add(d.detection_id)
-        seen[d.track_id] = max(seen.get(d.track_id, d.timestamp), d.timestamp)
-    assert [d == "extract" for d in decisions] == [c.detection.detection_id in firsts for c in crops]
+    for n in (1, 2):
+        hard = TrackSampler(0.0, shed_hard_after_s=30.0, hard_crops=n, **late)
+        decisions = [hard.decide(c.detection) for c in crops]
+        kept = _first_crops(crops, n, 2.0, gap)
+        assert [d == "extract" for d in decisions] == [c.detection.detection_id in kept for c in crops]
+    firsts = _first_crops(crops, 1, 2.0, gap)
+    assert len(firsts) < len(kept)
     # between the two bounds it sheds as before (every shed_every_s), not harder
     soft = TrackSampler(0.0, shed_hard_after_s=1e6, **late)
-    assert sum(soft.decide(c.detection) == "extract" for c in crops) > len(firsts)
-    # the offline replay's stand-in (calibration under hard shedding): the same crops, sightings for the rest
-    offline = sampled([r for r in records if r.detection.track_id >= 0], math.inf, gap)
+    assert sum(soft.decide(c.detection) == "extract" for c in crops) > len(kept)
+    # the offline replay's stand-in (calibration under hard shedding, its crops 6 s apart): the same crops,
+    # sightings for the rest
+    offline = sampled([r for r in records if r.detection.track_id >= 0], math.inf, gap, hard_crops=2)
     assert [r.detection_id if isinstance(r, Detection) else r.detection.detection_id for r in offline] == [
         c.detection.detection_id for c in crops
     ]
-    assert {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)} == firsts
+    got = {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)}
+    assert got == _first_crops(crops, 2, 6.0, gap)
 
     bus, done = InProcessBus(capacity=100_000), threading.Event()
     for c in crops:
         bus.producer().send(settings.topics.crops, encode_crop(c))
     done.set()
     reid = settings.reid.model_copy(
-        update={"shed_after_s": 0.001, "shed_every_s": 2.0, "shed_hard_after_s": 0.002}
+        update={
+            "shed_after_s": 0.001,
+            "shed_every_s": 2.0,
+            "shed_hard_after_s": 0.002,
+            "shed_hard_crops": 2,
+        }
     )
     metrics = PipelineMetrics()
     run_reid_stage(
@@ -803,7 +825,7 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
     )
     topic = [decode_features_topic(m.value) for m in bus.records(settings.topics.features)]
     sightings = [r for r in topic if isinstance(r, Detection)]
-    assert len(topic) == len(crops) and len(sightings) == len(crops) - len(firsts)
+    assert len(topic) == len(crops) and len(sightings) == len(crops) - len(kept)
     assert metrics.crops_shed._value.get() == len(sightings)
 
     # the real matcher stage over that topic: tracklets span their tracks

@@ -197,6 +197,7 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
                 ("shed_after_s", args.shed_after),
                 ("shed_every_s", args.shed_every),
                 ("shed_hard_after_s", args.shed_hard_after),
+                ("shed_hard_crops", args.shed_hard_crops),
             )
             if value is not None
         },
@@ -338,6 +339,7 @@ def run_replay(args) -> dict:
         shed_after_s=settings.reid.shed_after_s,
         shed_every_s=settings.reid.shed_every_s,
         shed_hard_after_s=settings.reid.shed_hard_after_s,
+        shed_hard_crops=settings.reid.shed_hard_crops,
         sightings=int(metrics.sightings._value.get()),
         extracted_per_s=round(extracted / total_s, 1),
         reid_in_its_own_process=bool(args.reid_process),
@@ -743,17 +745,23 @@ def run_memory(args) -> dict:
 
 
 def sampled(
-    records: list[FeatureRecord], every_s: float, end_gap_s: float = math.inf
+    records: list[FeatureRecord], every_s: float, end_gap_s: float = math.inf, hard_crops: int = 1
 ) -> list[FeatureRecord | Detection]:
     """The records the re-ID stage extracts with `reid.sample_every_s` (reid/sampling.py; all for 0). An
     interval of `end_gap_s` or more is shedding, which only sends sightings can make (its sampling would
     otherwise end tracklets between extracted crops): a track's first crop (and its first after `end_gap_s`)
     and one every `every_s`, every other crop a sighting (its Detection), as the matcher then gets them;
-    infinite: hard shedding throughout (`reid.shed_hard_after_s`)."""
+    infinite: hard shedding throughout (`reid.shed_hard_after_s`, keeping `hard_crops` of each tracklet, a
+    6 s interval between them)."""
     if every_s >= end_gap_s:
         hard = 2e-9 if math.isinf(every_s) else 0.0
         sampler = TrackSampler(
-            0.0, shed_after_s=1e-9, shed_every_s=every_s, shed_hard_after_s=hard, gap_s=end_gap_s
+            0.0,
+            shed_after_s=1e-9,
+            shed_every_s=6.0 if math.isinf(every_s) else every_s,
+            shed_hard_after_s=hard,
+            gap_s=end_gap_s,
+            hard_crops=hard_crops,
         )
         return [r if sampler.wants(r.detection) else r.detection for r in records]
     sampler = TrackSampler(every_s)
@@ -775,7 +783,7 @@ def _calibration_row(job: tuple) -> dict:
     overrides["merge_threshold"] = min(threshold + delta, 1.0)
     overrides["window_s"] = window
     cfg = base.model_validate({**base.model_dump(), **overrides})
-    kept = sampled(records, every, cfg.end_gap_s)
+    kept = sampled(records, every, cfg.end_gap_s, args.shed_hard_crops)
     store = offline_run(cfg, retrieval, kept)
     score = score_store(store, crops)
     store.close()
@@ -1004,12 +1012,19 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument(
         "--shed-hard-after",
         type=float,
-        help="reid.shed_hard_after_s: only a track's first crop when later than this (default: the config's)",
+        help="reid.shed_hard_after_s: only a tracklet's first crops when later (default: the config's)",
     )
+    replay.add_argument("--shed-hard-crops", type=int, help="reid.shed_hard_crops (default: the config's)")
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"
     )
     calibrate = sub.choices["calibrate"]
+    calibrate.add_argument(
+        "--shed-hard-crops",
+        type=int,
+        default=1,
+        help="with --sample-every inf: the crops of each tracklet hard shedding keeps (reid.shed_hard_crops)",
+    )
     sub.choices["search"].add_argument("--sample-every", type=float, nargs="+", default=[0.0, 4.0])
     for name in ("calibrate", "memory", "search"):
         sub.choices[name].add_argument(

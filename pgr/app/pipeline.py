@@ -156,6 +156,7 @@ def run_reid_stage(
             shed_every_s=r.shed_every_s,
             shed_hard_after_s=r.shed_hard_after_s,
             gap_s=settings.matcher.identities.end_gap_s,
+            hard_crops=r.shed_hard_crops,
         )
         if r.sample_every_s > 0 or r.shed_after_s > 0
         else None
