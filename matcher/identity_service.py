@@ -78,12 +78,11 @@ class IdentityService:
         for item in records:  # decisions after every crop: the same records, the same identities
             if isinstance(item, Detection):
                 self.tracklets.sighted(item, now)
-                events += self._ended(self.tracklets.due())
-                continue
-            rec, thumbnail = item
-            t = self.tracklets.add(rec, thumbnail, now)
-            if t is not None and not t.decided and not t.ended and t.n_crops >= self.cfg.min_crops:
-                events += self.identities.decide(t, ended=False, now=time.time())
+            else:
+                rec, thumbnail = item
+                t = self.tracklets.add(rec, thumbnail, now)
+                if t is not None and not t.decided and not t.ended and t.n_crops >= self.cfg.min_crops:
+                    events += self.identities.decide(t, ended=False, now=time.time())
             events += self._ended(self.tracklets.due())  # stream time only: a backlog is not idleness
         self._publish(events)
         return events

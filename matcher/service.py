@@ -101,8 +101,8 @@ class MatcherWorker:
                 sightings.append((msg, rec))
             else:  # a duplicate inside one batch keeps the last
                 records[rec.detection.detection_id] = (msg, rec)
-        self._drop_erased(records)  # erased on request (matcher/tombstones.py): neither indexed nor tracked
-        sightings = self._unerased(sightings)
+        # erased on request (matcher/tombstones.py): neither indexed nor tracked, nor extended by a sighting
+        self._drop_erased(records, sightings)
         with _disk_errors_reported(self):
             self._write(records, sightings)
 
@@ -203,20 +203,22 @@ class MatcherWorker:
         if self.identities is not None:
             self.identities.finish()
 
-    def _drop_erased(self, records: dict[str, tuple[Message, FeatureRecord]]) -> list[FeatureRecord]:
-        """Take the records with a tombstone out of `records` (counted); returns them."""
-        if self.tombstones is None or not records:
+    def _drop_erased(
+        self,
+        records: dict[str, tuple[Message, FeatureRecord]],
+        sightings: list[tuple[Message, Detection]] | None = None,
+    ) -> list[FeatureRecord]:
+        """Take the records with a tombstone out of `records` (counted), and the sightings out of
+        `sightings`, in one look-up; returns the records taken."""
+        if self.tombstones is None or not (records or sightings):
             return []
-        erased = self.tombstones.erased([rec.detection for _, rec in records.values()])
-        self.metrics.records_erased.inc(len(erased))
-        return [records.pop(det_id)[1] for det_id in sorted(erased)]
-
-    def _unerased(self, sightings: list[tuple[Message, Detection]]) -> list[tuple[Message, Detection]]:
-        """The sightings without a tombstone: an erased track is not extended either."""
-        if self.tombstones is None or not sightings:
-            return sightings
-        erased = self.tombstones.erased([det for _, det in sightings])
-        return [(msg, det) for msg, det in sightings if det.detection_id not in erased]
+        sightings = [] if sightings is None else sightings
+        dets = [rec.detection for _, rec in records.values()] + [det for _, det in sightings]
+        erased = self.tombstones.erased(dets)
+        sightings[:] = [(msg, det) for msg, det in sightings if det.detection_id not in erased]
+        dropped = [records.pop(det_id)[1] for det_id in sorted(erased) if det_id in records]
+        self.metrics.records_erased.inc(len(dropped))
+        return dropped
 
     def _accept(self, msg: Message) -> FeatureRecord | Detection:
         rec = decode_features_topic(msg.value)

@@ -108,18 +108,22 @@ class Tracklet:
         """The best crop's thumbnail."""
         return max(self.best, key=lambda c: c.quality).thumbnail if self.best else ""
 
+    def seen_at(self, det: Detection) -> None:
+        """The track was seen in `det` (a crop or a sighting): its last sighting and latest read time."""
+        if det.timestamp >= self.last_seen:
+            self.last_seen, self.last_frame = det.timestamp, det.frame_index
+        self.read_at = max(self.read_at, det.read_at)
+
     def add(self, rec: FeatureRecord, quality: float, thumbnail: str, keep_best: int) -> None:
         det = rec.detection
         self.seen.add(det.detection_id)
         self.n_crops += 1
         self.first_seen = min(self.first_seen, det.timestamp)
-        if det.timestamp >= self.last_seen:
-            self.last_seen, self.last_frame = det.timestamp, det.frame_index
+        self.seen_at(det)
         inst = rec.instance.astype(np.float64)
         self.feature_sum = self.feature_sum + quality * inst / max(float(np.linalg.norm(inst)), 1e-12)
         self._feature = None
         self.weight_sum += quality
-        self.read_at = max(self.read_at, det.read_at)
         if rec.parts is None or rec.pixels is None:
             return  # a model without parts/pixels: the tracklet feature is all there is
         kept = KeptCrop(det.detection_id, det.timestamp, quality, thumbnail, rec.crop_features())
@@ -156,8 +160,7 @@ class TrackletBook:
     def add(self, rec: FeatureRecord, thumbnail: str, now: float) -> Tracklet | None:
         """Add a crop to its tracklet; returns the tracklet, or None when the crop was refused (counted)."""
         det = rec.detection
-        if self.cameras is not None and det.camera_id not in self.cameras:
-            self.counts["unknown_camera"] += 1
+        if self._unknown_camera(det):
             return None
         if det.timestamp < self.horizon:
             self.counts["expired"] += 1
@@ -168,9 +171,7 @@ class TrackletBook:
             if det.detection_id in seg.seen:
                 self.counts["duplicate"] += 1
                 return seg
-        if t is not None and (
-            det.timestamp > t.last_seen + self.end_gap_s or det.timestamp < t.first_seen - self.end_gap_s
-        ):
+        if t is not None and self._beyond_gap(t, det):
             if t.ended or det.timestamp < t.first_seen - self.end_gap_s:
                 self.counts["track_restart"] += 1
                 t = None
@@ -197,32 +198,37 @@ class TrackletBook:
         elif det.timestamp < t.last_seen:
             self.counts["out_of_order"] += 1
         t.add(rec, crop_quality(det.box, det.score, rec.jpeg), thumbnail, self.keep_best)
-        t.arrived_at = self.last_arrival = now
-        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
-        self.dirty.add(t.tracklet_id)
+        self._arrived(t, det, now)
         return t
 
     def sighted(self, det: Detection, now: float) -> Tracklet | None:
         """A shed crop of a track: its open tracklet now lasts until it (returned), or None (counted)."""
-        if self.cameras is not None and det.camera_id not in self.cameras:
-            self.counts["unknown_camera"] += 1
+        if self._unknown_camera(det):
             return None
         t = self.tracklets.get(self.current.get(track_key(det), ""))
-        if (
-            t is None
-            or t.ended
-            or det.timestamp > t.last_seen + self.end_gap_s
-            or det.timestamp < t.first_seen - self.end_gap_s
-        ):
+        if t is None or t.ended or self._beyond_gap(t, det):
             self.counts["sighting_unmatched"] += 1
             return None
-        if det.timestamp > t.last_seen:
-            t.last_seen, t.last_frame = det.timestamp, det.frame_index
-        t.read_at = max(t.read_at, det.read_at)
+        t.seen_at(det)
+        self._arrived(t, det, now)
+        return t
+
+    def _unknown_camera(self, det: Detection) -> bool:
+        """A camera outside `cameras` (counted)."""
+        unknown = self.cameras is not None and det.camera_id not in self.cameras
+        if unknown:
+            self.counts["unknown_camera"] += 1
+        return unknown
+
+    def _beyond_gap(self, t: Tracklet, det: Detection) -> bool:
+        """`det` is more than the end gap after or before `t`: not the same stretch of its track."""
+        return det.timestamp > t.last_seen + self.end_gap_s or det.timestamp < t.first_seen - self.end_gap_s
+
+    def _arrived(self, t: Tracklet, det: Detection, now: float) -> None:
+        """`det` of `t` arrived at `now`: the wall and stream clocks move on, `t` is to be saved."""
         t.arrived_at = self.last_arrival = now
         self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
         self.dirty.add(t.tracklet_id)
-        return t
 
     def _segments_of(self, key: str) -> list[Tracklet]:
         n = self.segments.get(key, 0)

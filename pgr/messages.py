@@ -152,6 +152,9 @@ class Detection:
         }
 
 
+_SIGHTING_FIELDS = frozenset({"kind", "version"} | {f.name for f in fields(Detection)})
+
+
 @dataclass(frozen=True)
 class CropRecord:
     """One person crop from ingest: the detection plus the crop as JPEG."""
@@ -314,8 +317,7 @@ def decode_features_topic(raw: bytes) -> FeatureRecord | Detection:
     d = _load(raw, (FEATURE_KIND, SIGHTING_KIND))
     if d["kind"] == FEATURE_KIND:
         return _feature_from(d)
-    known = {"kind", "version"} | {f.name for f in fields(Detection)}
-    _require(set(d) <= known, "unknown fields in a sighting")
+    _require(set(d) <= _SIGHTING_FIELDS, "unknown fields in a sighting")
     try:
         return Detection(**Detection._from_fields(d))
     except TypeError as exc:
