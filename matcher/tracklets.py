@@ -12,9 +12,13 @@ already ended and was decided (`late`, dropped), and a track id seen again after
 a clock that went back (`track_restart`: a camera reboot restarts its tracker; a new tracklet begins).
 
 Sightings (crops the re-ID stage shed, `pgr.messages.encode_sighting`) carry no features: they only keep
-their track's open tracklet going (its last crop, hence its end). One that has no open tracklet to extend
-(its track's extracted crop never came, or its tracklet had already ended) is counted
-(`sighting_unmatched`) and dropped; the next extracted crop of its track starts the tracklet as usual.
+their track's open tracklet going (its last crop, hence its end). Sightings of a track with no tracklet yet
+(hard shedding passed over its first crops for a better one, `reid.shed_hard_min_quality`) are held as
+pending: the tracklet its next extracted crop starts within the end gap begins at the first of them, so a
+timeline starts when the person appeared, not when a crop of them was good enough. Pending sightings that no
+extracted crop follows within the end gap, and sightings of a tracklet that had already ended, are counted
+(`sighting_unmatched`) and dropped. Pending sightings live in memory only: after a matcher restart the
+tracklet begins at the pending sightings redelivered with the uncommitted batch, or at its first crop.
 """
 
 from __future__ import annotations
@@ -35,6 +39,17 @@ HALF_QUALITY_HEIGHT = 128.0
 HALF_QUALITY_SHARPNESS = 60.0
 BORDER_CUT_PENALTY = 0.5
 BORDER_PX = 2.0
+
+
+@dataclass
+class PendingSightings:
+    """Sightings of a track before any crop of it was extracted: where its tracklet will begin."""
+
+    camera_id: str
+    first_seen: float
+    last_seen: float
+    count: int = 0
+
 
 # the crops TrackletBook.counts counts (pgr_tracklet_input_total{reason})
 INPUT_REASONS = ("unknown_camera", "out_of_order", "late", "track_restart", "duplicate")
@@ -150,6 +165,7 @@ class TrackletBook:
         self.horizon = -math.inf  # crops older than this are refused: their tracklets were evicted
         self.cameras = None if cameras is None else set(cameras)
         self.tracklets: dict[str, Tracklet] = {}
+        self.pending: dict[str, PendingSightings] = {}  # track key -> sightings before its tracklet
         self.open: set[str] = set()
         self.current: dict[str, str] = {}  # tracklet key -> id of its latest segment
         self.segments: Counter[str] = Counter()
@@ -195,6 +211,11 @@ class TrackletBook:
             )
             self.tracklets[tid], self.current[key] = t, tid
             self.open.add(tid)
+            pending = self.pending.pop(key, None)
+            if pending is not None and det.timestamp - pending.last_seen <= self.end_gap_s:
+                t.first_seen = min(t.first_seen, pending.first_seen)
+            elif pending is not None:
+                self.counts["sighting_unmatched"] += pending.count
         elif det.timestamp < t.last_seen:
             self.counts["out_of_order"] += 1
         t.add(rec, crop_quality(det.box, det.score, rec.jpeg), thumbnail, self.keep_best)
@@ -205,13 +226,29 @@ class TrackletBook:
         """A shed crop of a track: its open tracklet now lasts until it (returned), or None (counted)."""
         if self._unknown_camera(det):
             return None
-        t = self.tracklets.get(self.current.get(track_key(det), ""))
-        if t is None or t.ended or self._beyond_gap(t, det):
+        key = track_key(det)
+        t = self.tracklets.get(self.current.get(key, ""))
+        if t is None or self._beyond_gap(t, det):  # no tracklet yet: its first crop is still to come
+            self._pend(key, det)
+            return None
+        if t.ended:
             self.counts["sighting_unmatched"] += 1
             return None
         t.seen_at(det)
         self._arrived(t, det, now)
         return t
+
+    def _pend(self, key: str, det: Detection) -> None:
+        """Hold a sighting of a track without a tracklet (see the module doc)."""
+        p = self.pending.get(key)
+        if p is not None and det.timestamp - p.last_seen > self.end_gap_s:  # an earlier stretch: dropped
+            self.counts["sighting_unmatched"] += p.count
+            p = None
+        if p is None:
+            p = self.pending[key] = PendingSightings(det.camera_id, det.timestamp, det.timestamp)
+        p.first_seen, p.last_seen = min(p.first_seen, det.timestamp), max(p.last_seen, det.timestamp)
+        p.count += 1
+        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
 
     def _unknown_camera(self, det: Detection) -> bool:
         """A camera outside `cameras` (counted)."""
@@ -260,10 +297,18 @@ class TrackletBook:
         newest = max(self.camera_time.values(), default=-math.inf)
         quiet = now is not None and now - self.last_arrival > self.idle_end_s
         for t in (self.tracklets[tid] for tid in self.open):
-            own = self.camera_time.get(t.camera_id, t.last_seen) - t.last_seen > self.end_gap_s
-            if own or newest - t.last_seen > self.end_gap_s + self.skew_s or quiet:
+            if self._past(t.camera_id, t.last_seen, newest) or quiet:
                 out.append(t)
+        for key, p in list(self.pending.items()):  # no extracted crop came within the end gap
+            if self._past(p.camera_id, p.last_seen, newest):
+                self.counts["sighting_unmatched"] += p.count
+                del self.pending[key]
         return self._end(out)
+
+    def _past(self, camera_id: str, last_seen: float, newest: float) -> bool:
+        """The stream ran the end gap past `last_seen`: on its camera, or on any (plus the skew)."""
+        own = self.camera_time.get(camera_id, last_seen) - last_seen > self.end_gap_s
+        return own or newest - last_seen > self.end_gap_s + self.skew_s
 
     def end_all(self) -> list[Tracklet]:
         """End every open tracklet (the stream is over)."""

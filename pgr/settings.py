@@ -204,6 +204,18 @@ class ReidSettings(StrictModel):
         "lets the delay grow where tracks come faster than half the extraction rate: RESULTS.md)",
     )
 
+    shed_hard_min_quality: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="hard shedding: a tracklet's due crop below this quality (the matcher's crop_quality: "
+        "box height, detection score, sharpness, border cut) waits for a better one, at most until "
+        "shed_hard_wait_crops were due (0: off; choose it on a site's own footage: RESULTS.md)",
+    )
+    shed_hard_wait_crops: int = Field(
+        3, ge=1, description="hard shedding: the due crop extracted whatever its quality (1: the first)"
+    )
+
     @model_validator(mode="after")
     def _hard_shedding_above_shedding(self) -> ReidSettings:
         if self.shed_hard_after_s > 0 and not 0 < self.shed_after_s < self.shed_hard_after_s:

@@ -24,6 +24,11 @@ of `gap_s`, the matcher's end gap, which starts a new tracklet), then each one `
 last. The stage's work falls to a few crops per new track until it has caught up: a bound on how far behind
 it can fall, whatever the stream brings, as long as new tracks times `hard_crops` come slower than it
 extracts.
+With `reid.shed_hard_min_quality` = Q > 0 a hard-shed tracklet's due crop is extracted only if its quality
+(`matcher.tracklets.crop_quality`: box height, detection score, sharpness, border cut; the score the matcher
+keeps a tracklet's crops by) is at least Q, or if it is the `hard_wait_crops`-th due crop passed over (so a
+tracklet of poor crops still gets one): the one view a tracklet gets is then rarely a person half in the
+frame or blurred. Still decided at arrival, from the crop alone.
 Every shed crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its
 tracklet goes on, and ends, with the track, not with the last crop that was extracted.
 
@@ -40,10 +45,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pgr.messages import Detection, track_key
+from matcher.tracklets import crop_quality
+from pgr.messages import CropRecord, Detection, FeatureRecord, track_key
 
 REMEMBERED = 64  # decisions per track kept for redelivery (more than an uncommitted batch holds)
 Decision = Literal["extract", "sampled", "shed"]
+
+
+def record_quality(rec: CropRecord | FeatureRecord) -> float:
+    """A crop's quality as the matcher scores it (`matcher.tracklets.crop_quality`)."""
+    return crop_quality(rec.detection.box, rec.detection.score, rec.jpeg)
 
 
 @dataclass
@@ -51,6 +62,7 @@ class _Track:
     last_extracted: float
     last_seen: float
     extracted: int = 0  # crops extracted since the track's tracklet began (its first, or after a gap)
+    passed: int = 0  # due crops passed over for their quality since the last extraction (hard shedding)
     decided: dict[str, Decision] = field(default_factory=dict)  # detection id -> decision, oldest first
 
 
@@ -68,10 +80,13 @@ class TrackSampler:
         shed_hard_after_s: float = 0.0,
         gap_s: float = math.inf,
         hard_crops: int = 1,
+        hard_min_quality: float = 0.0,
+        hard_wait_crops: int = 3,
     ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
         self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
         self.shed_hard_after_s, self.hard_crops = shed_hard_after_s, hard_crops
+        self.hard_min_quality, self.hard_wait_crops = hard_min_quality, hard_wait_crops
         self.gap_s = gap_s  # a track seen again after this long starts a new tracklet: a first crop again
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
@@ -81,9 +96,12 @@ class TrackSampler:
         """Whether to extract this crop (and remember the decision)."""
         return self.decide(det) == "extract"
 
-    def decide(self, det: Detection, backlog_s: float = 0.0) -> Decision:
+    def decide(
+        self, det: Detection, backlog_s: float = 0.0, quality: Callable[[], float] | None = None
+    ) -> Decision:
         """extract, sampled (the S rule) or shed (late, and its track had a crop extracted recently);
-        `backlog_s`: the extraction queued ahead of this crop (seconds), counted in its lateness."""
+        `backlog_s`: the extraction queued ahead of this crop (seconds), counted in its lateness;
+        `quality`: the crop's quality, asked for only when hard shedding weighs it (it may cost a decode)."""
         if (self.every_s <= 0 and self.shed_after_s <= 0) or det.track_id < 0:
             return "extract"
         self._forget(det)
@@ -97,22 +115,35 @@ class TrackSampler:
         # first crop (of the track, or of its tracklet after a gap), S seconds on, or a clock that went
         # back (a camera reboot): extract
         fresh = t is None or det.timestamp - t.last_seen > self.gap_s
-        if 0 < self.shed_hard_after_s < lateness and (fresh or t.extracted >= self.hard_crops):
+        hard = 0 < self.shed_hard_after_s < lateness
+        if hard and (fresh or t.extracted >= self.hard_crops):
             every = math.inf  # only a tracklet's first `hard_crops` crops
-        since = math.inf if fresh else abs(det.timestamp - t.last_extracted)
+        # nothing extracted of its tracklet yet (its first crops were passed over for their quality): due
+        since = math.inf if fresh or t.extracted == 0 else abs(det.timestamp - t.last_extracted)
         decision: Decision = "extract" if since >= every else "shed" if since >= self.every_s else "sampled"
         if t is None:
             t = self.tracks[key] = _Track(det.timestamp, det.timestamp)
         if fresh:
-            t.extracted = 0
+            t.extracted = t.passed = 0
+        if decision == "extract" and hard and self._poor(t, quality):
+            decision = "shed"  # its tracklet waits for a better view
+            t.passed += 1
         if decision == "extract":
             t.last_extracted = det.timestamp
             t.extracted += 1
+            t.passed = 0
         t.last_seen = max(t.last_seen, det.timestamp)
         t.decided[det.detection_id] = decision
         if len(t.decided) > REMEMBERED:
             del t.decided[next(iter(t.decided))]
         return decision
+
+    def _poor(self, t: _Track, quality: Callable[[], float] | None) -> bool:
+        """A due crop under hard shedding that waits for a better one of its tracklet: below
+        `hard_min_quality`, while fewer than `hard_wait_crops` - 1 were passed over."""
+        if self.hard_min_quality <= 0 or quality is None or t.passed >= self.hard_wait_crops - 1:
+            return False
+        return quality() < self.hard_min_quality
 
     def _forget(self, det: Detection) -> None:
         """Drop tracks not seen for `forget_s` of their camera's stream time (bounded memory)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from pgr.messages import (
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 from reid.extractor import FeatureExtractor
-from reid.sampling import TrackSampler
+from reid.sampling import TrackSampler, record_quality
 
 log = logging.getLogger(__name__)
 STAGE = "reid"
@@ -58,7 +59,9 @@ class ReidWorker:
                 rec = decode_crop(msg.value)
                 backlog_s = len(good) * self.crop_s  # the extraction queued ahead of this crop
                 decision = (
-                    "extract" if self.sampler is None else self.sampler.decide(rec.detection, backlog_s)
+                    "extract"
+                    if self.sampler is None
+                    else self.sampler.decide(rec.detection, backlog_s, partial(record_quality, rec))
                 )
                 if decision == "shed":  # the matcher still hears that the track goes on (a sighting)
                     in_order.append((rec, None))

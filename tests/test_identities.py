@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -774,13 +775,35 @@ def _first_crops(crops: list, n: int, every_s: float, gap_s: float) -> set[str]:
     return kept
 
 
+def _hard_shedding_reid_stage(settings, extractor, crops: list, **reid: object) -> tuple:
+    """The real re-ID stage over `crops` (all late: hard shedding throughout) with these reid settings;
+    returns the bus, the features topic decoded, and the stage's metrics."""
+    from pgr.messages import encode_crop
+
+    bus, done = InProcessBus(capacity=100_000), threading.Event()
+    for c in crops:
+        bus.producer().send(settings.topics.crops, encode_crop(c))
+    done.set()
+    late = {"shed_after_s": 0.001, "shed_every_s": 2.0, "shed_hard_after_s": 0.002}
+    metrics = PipelineMetrics()
+    run_reid_stage(
+        settings.model_copy(update={"reid": settings.reid.model_copy(update={**late, **reid})}),
+        bus,
+        metrics,
+        threading.Event(),
+        done,
+        extractor,
+    )
+    return bus, [decode_features_topic(m.value) for m in bus.records(settings.topics.features)], metrics
+
+
 def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(pets, tmp_path):
     """reid.shed_hard_after_s: a crop later than that is extracted only if it is among its tracklet's first
     reid.shed_hard_crops; the shed crops reach the matcher as sightings, so each tracklet lasts as long as
     its track (without them it would end at its last extracted crop), none splits, and the tracklets are the
     ones of an on-time run."""
     from pgr.app.identity_eval import sampled
-    from pgr.messages import CropRecord, encode_crop
+    from pgr.messages import CropRecord
     from reid.sampling import TrackSampler
 
     settings, records, extractor, _ = pets
@@ -807,23 +830,7 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
     got = {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)}
     assert got == _first_crops(crops, 2, 6.0, gap)
 
-    bus, done = InProcessBus(capacity=100_000), threading.Event()
-    for c in crops:
-        bus.producer().send(settings.topics.crops, encode_crop(c))
-    done.set()
-    reid = settings.reid.model_copy(
-        update={
-            "shed_after_s": 0.001,
-            "shed_every_s": 2.0,
-            "shed_hard_after_s": 0.002,
-            "shed_hard_crops": 2,
-        }
-    )
-    metrics = PipelineMetrics()
-    run_reid_stage(
-        settings.model_copy(update={"reid": reid}), bus, metrics, threading.Event(), done, extractor
-    )
-    topic = [decode_features_topic(m.value) for m in bus.records(settings.topics.features)]
+    bus, topic, metrics = _hard_shedding_reid_stage(settings, extractor, crops, shed_hard_crops=2)
     sightings = [r for r in topic if isinstance(r, Detection)]
     assert len(topic) == len(crops) and len(sightings) == len(crops) - len(kept)
     assert metrics.crops_shed._value.get() == len(sightings)
@@ -874,6 +881,102 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
     bad = settings.reid.model_copy(update={"shed_after_s": 0.0, "shed_hard_after_s": 5.0})
     with pytest.raises(ValueError, match="shed_hard_after_s"):
         type(bad).model_validate(bad.model_dump())
+
+
+def test_sightings_before_a_tracklets_first_crop_are_where_it_begins(pets):
+    """Sightings of a track with no tracklet yet (its first crops were passed over for a better one) are
+    held: the tracklet its next crop starts within the end gap begins at them; held sightings no crop
+    follows, and sightings of an ended tracklet, are counted as unmatched and dropped."""
+    _, records, _, _ = pets
+    real = records[0]
+
+    def rec(det_id: str, t: float, track: int) -> FeatureRecord:
+        return dataclasses.replace(real, detection=_det(det_id, "pets", t, track, int(t)))
+
+    book = TrackletBook(keep_best=2, end_gap_s=3.0, idle_end_s=1e9, cameras=["pets"])
+    assert book.sighted(_det("pets:100:t1", "pets", 100.0, 1, 100), 0.0) is None
+    assert book.sighted(_det("pets:102:t1", "pets", 102.0, 1, 102), 0.0) is None
+    t1 = book.add(rec("pets:104:t1", 104.0, 1), "", 0.0)
+    assert (t1.first_seen, t1.last_seen, t1.n_crops) == (100.0, 104.0, 1)  # begins at its first sighting
+    assert book.sighted(_det("pets:105:t1", "pets", 105.0, 1, 105), 0.0) is t1 and t1.last_seen == 105.0
+
+    book.sighted(_det("pets:200:t2", "pets", 200.0, 2, 200), 0.0)  # no crop of it comes within the gap
+    book.sighted(_det("pets:204:t3", "pets", 204.0, 3, 204), 0.0)
+    assert {t.tracklet_id for t in book.due(0.0)} == {"pets:t1"} and "pets:t2" not in book.pending
+    assert book.counts["sighting_unmatched"] == 1
+    t2 = book.add(rec("pets:205:t2", 205.0, 2), "", 0.0)
+    assert t2.first_seen == 205.0  # its held sighting was dropped: the tracklet begins at its crop
+    assert book.sighted(_det("pets:106:t1", "pets", 106.0, 1, 106), 0.0) is None  # t1 ended: unmatched
+    assert book.counts["sighting_unmatched"] == 2
+
+
+def _good_crops(crops: list, quality: dict[str, float], q_min: float, wait: int, gap_s: float) -> set[str]:
+    """The crops hard shedding keeps with a quality floor, written out (one per tracklet): of each track's
+    tracklet the first crop of quality `q_min` or more among its first `wait`, else its `wait`-th."""
+    kept: set[str] = set()
+    state: dict[int, tuple[float, int, bool]] = {}  # track -> (last seen, crops of its tracklet, kept one)
+    for c in crops:
+        d = c.detection
+        seen, count, done = state.get(d.track_id, (-math.inf, 0, False))
+        if d.timestamp - seen > gap_s:
+            count, done = 0, False
+        count += 1
+        if not done and (quality[d.detection_id] >= q_min or count == wait):
+            kept.add(d.detection_id)
+            done = True
+        state[d.track_id] = (max(seen, d.timestamp), count, done)
+    return kept
+
+
+def test_hard_shedding_waits_for_a_good_crop_of_each_tracklet(pets):
+    """reid.shed_hard_min_quality: under hard shedding a tracklet's one crop is its first good one (the
+    matcher's crop quality), or its shed_hard_wait_crops-th when none of those is; decided at arrival, the
+    same on redelivery, by the re-ID stage as by the offline stand-in."""
+    from pgr.app.identity_eval import sampled
+    from pgr.messages import CropRecord
+    from reid.sampling import TrackSampler, record_quality
+
+    settings, records, extractor, _ = pets
+    crops = [CropRecord(r.detection, r.jpeg) for r in records if r.detection.track_id >= 0]
+    quality = {c.detection.detection_id: record_quality(c) for c in crops}
+    q_min = float(np.median(list(quality.values())))
+    newest_read = max(c.detection.read_at for c in crops)
+    gap = settings.matcher.identities.end_gap_s
+    asked: list[str] = []
+
+    def quality_of(c: CropRecord) -> float:
+        asked.append(c.detection.detection_id)
+        return quality[c.detection.detection_id]
+
+    sampler = TrackSampler(
+        0.0,
+        shed_after_s=1.0,
+        shed_every_s=2.0,
+        clock=lambda: newest_read + 60,
+        gap_s=gap,
+        shed_hard_after_s=30.0,
+        hard_min_quality=q_min,
+        hard_wait_crops=3,
+    )
+    decisions = [sampler.decide(c.detection, quality=partial(quality_of, c)) for c in crops]
+    kept = _good_crops(crops, quality, q_min, 3, gap)
+    assert [d == "extract" for d in decisions] == [c.detection.detection_id in kept for c in crops]
+    firsts = _first_crops(crops, 1, 2.0, gap)
+    assert kept != firsts and len(kept) <= len(firsts)
+    assert np.mean([quality[k] for k in kept]) > np.mean([quality[k] for k in firsts])
+    assert len(asked) < len(crops)  # only due crops are weighed (a decode each)
+    again = [sampler.decide(c.detection, quality=partial(quality_of, c)) for c in crops]
+    assert again == decisions  # redelivered: the same answers
+
+    offline = sampled(
+        [r for r in records if r.detection.track_id >= 0], math.inf, gap, min_quality=q_min, wait_crops=3
+    )
+    assert {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)} == kept
+
+    _, topic, _ = _hard_shedding_reid_stage(
+        settings, extractor, crops, shed_hard_min_quality=q_min, shed_hard_wait_crops=3
+    )
+    assert {r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)} == kept
 
 
 def test_process_cpu_seconds_for_the_replay_report():

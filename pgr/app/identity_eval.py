@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,7 +56,7 @@ from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS
 from pgr.settings import IdentitySettings, Settings, load_settings
 from reid.retrieval import RetrievalParams
-from reid.sampling import TrackSampler
+from reid.sampling import TrackSampler, record_quality
 from training.datasets import DATASETS
 
 T = TypeVar("T")
@@ -198,6 +199,8 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
                 ("shed_every_s", args.shed_every),
                 ("shed_hard_after_s", args.shed_hard_after),
                 ("shed_hard_crops", args.shed_hard_crops),
+                ("shed_hard_min_quality", args.shed_hard_min_quality),
+                ("shed_hard_wait_crops", args.shed_hard_wait),
             )
             if value is not None
         },
@@ -340,6 +343,8 @@ def run_replay(args) -> dict:
         shed_every_s=settings.reid.shed_every_s,
         shed_hard_after_s=settings.reid.shed_hard_after_s,
         shed_hard_crops=settings.reid.shed_hard_crops,
+        shed_hard_min_quality=settings.reid.shed_hard_min_quality,
+        shed_hard_wait_crops=settings.reid.shed_hard_wait_crops,
         sightings=int(metrics.sightings._value.get()),
         extracted_per_s=round(extracted / total_s, 1),
         reid_in_its_own_process=bool(args.reid_process),
@@ -435,15 +440,16 @@ WARMUP = "warmup"  # the camera of the one crop sent before the timed replay
 def warm_up(settings: Settings, first: ReplayCrop, metrics: PipelineMetrics, stop: threading.Event) -> None:
     """Send one crop (camera `warmup`, before the replay's first) and wait until the matcher indexed it: the
     stages are up (model loaded, index open), so start-up is not counted as latency. The scores leave the
-    warm-up crop out."""
+    warm-up crop out. It is untracked, so no sampling or shedding rule can keep it from being extracted."""
     from pgr.app.pipeline import build_transport
 
     rec = crop_record(first, time.time())
     det = dataclasses.replace(
         rec.detection,
-        detection_id=f"{WARMUP}:0:t0",
+        detection_id=f"{WARMUP}:0:0",
         camera_id=WARMUP,
         timestamp=rec.detection.timestamp - 100,
+        track_id=-1,
     )
     producer = build_transport(settings).producer()
     try:
@@ -745,14 +751,20 @@ def run_memory(args) -> dict:
 
 
 def sampled(
-    records: list[FeatureRecord], every_s: float, end_gap_s: float = math.inf, hard_crops: int = 1
+    records: list[FeatureRecord],
+    every_s: float,
+    end_gap_s: float = math.inf,
+    hard_crops: int = 1,
+    min_quality: float = 0.0,
+    wait_crops: int = 3,
 ) -> list[FeatureRecord | Detection]:
     """The records the re-ID stage extracts with `reid.sample_every_s` (reid/sampling.py; all for 0). An
     interval of `end_gap_s` or more is shedding, which only sends sightings can make (its sampling would
     otherwise end tracklets between extracted crops): a track's first crop (and its first after `end_gap_s`)
     and one every `every_s`, every other crop a sighting (its Detection), as the matcher then gets them;
     infinite: hard shedding throughout (`reid.shed_hard_after_s`, keeping `hard_crops` of each tracklet, a
-    6 s interval between them)."""
+    6 s interval between them; with `min_quality`, each the first of at least that quality among the next
+    `wait_crops` due: `reid.shed_hard_min_quality`)."""
     if every_s >= end_gap_s:
         hard = 2e-9 if math.isinf(every_s) else 0.0
         sampler = TrackSampler(
@@ -762,8 +774,13 @@ def sampled(
             shed_hard_after_s=hard,
             gap_s=end_gap_s,
             hard_crops=hard_crops,
+            hard_min_quality=min_quality,
+            hard_wait_crops=wait_crops,
         )
-        return [r if sampler.wants(r.detection) else r.detection for r in records]
+        return [
+            r if sampler.decide(r.detection, quality=partial(record_quality, r)) == "extract" else r.detection
+            for r in records
+        ]
     sampler = TrackSampler(every_s)
     return [r for r in records if sampler.wants(r.detection)]
 
@@ -783,7 +800,9 @@ def _calibration_row(job: tuple) -> dict:
     overrides["merge_threshold"] = min(threshold + delta, 1.0)
     overrides["window_s"] = window
     cfg = base.model_validate({**base.model_dump(), **overrides})
-    kept = sampled(records, every, cfg.end_gap_s, args.shed_hard_crops)
+    kept = sampled(
+        records, every, cfg.end_gap_s, args.shed_hard_crops, args.shed_hard_min_quality, args.shed_hard_wait
+    )
     store = offline_run(cfg, retrieval, kept)
     score = score_store(store, crops)
     store.close()
@@ -1015,6 +1034,12 @@ def main(argv: list[str] | None = None) -> int:
         help="reid.shed_hard_after_s: only a tracklet's first crops when later (default: the config's)",
     )
     replay.add_argument("--shed-hard-crops", type=int, help="reid.shed_hard_crops (default: the config's)")
+    replay.add_argument(
+        "--shed-hard-min-quality", type=float, help="reid.shed_hard_min_quality (default: the config's)"
+    )
+    replay.add_argument(
+        "--shed-hard-wait", type=int, help="reid.shed_hard_wait_crops (default: the config's)"
+    )
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"
     )
@@ -1024,6 +1049,15 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="with --sample-every inf: the crops of each tracklet hard shedding keeps (reid.shed_hard_crops)",
+    )
+    calibrate.add_argument(
+        "--shed-hard-min-quality",
+        type=float,
+        default=0.0,
+        help="with --sample-every inf: reid.shed_hard_min_quality (0: a tracklet's first crops)",
+    )
+    calibrate.add_argument(
+        "--shed-hard-wait", type=int, default=3, help="with --sample-every inf: reid.shed_hard_wait_crops"
     )
     sub.choices["search"].add_argument("--sample-every", type=float, nargs="+", default=[0.0, 4.0])
     for name in ("calibrate", "memory", "search"):

@@ -157,6 +157,8 @@ def run_reid_stage(
             shed_hard_after_s=r.shed_hard_after_s,
             gap_s=settings.matcher.identities.end_gap_s,
             hard_crops=r.shed_hard_crops,
+            hard_min_quality=r.shed_hard_min_quality,
+            hard_wait_crops=r.shed_hard_wait_crops,
         )
         if r.sample_every_s > 0 or r.shed_after_s > 0
         else None
