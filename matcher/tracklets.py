@@ -248,7 +248,7 @@ class TrackletBook:
             p = self.pending[key] = PendingSightings(det.camera_id, det.timestamp, det.timestamp)
         p.first_seen, p.last_seen = min(p.first_seen, det.timestamp), max(p.last_seen, det.timestamp)
         p.count += 1
-        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
+        self._stream_at(det)
 
     def _unknown_camera(self, det: Detection) -> bool:
         """A camera outside `cameras` (counted)."""
@@ -264,8 +264,12 @@ class TrackletBook:
     def _arrived(self, t: Tracklet, det: Detection, now: float) -> None:
         """`det` of `t` arrived at `now`: the wall and stream clocks move on, `t` is to be saved."""
         t.arrived_at = self.last_arrival = now
-        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
+        self._stream_at(det)
         self.dirty.add(t.tracklet_id)
+
+    def _stream_at(self, det: Detection) -> None:
+        """`det`'s camera has streamed at least up to its time (what ends that camera's tracklets)."""
+        self.camera_time[det.camera_id] = max(self.camera_time.get(det.camera_id, 0.0), det.timestamp)
 
     def _segments_of(self, key: str) -> list[Tracklet]:
         n = self.segments.get(key, 0)

@@ -203,7 +203,6 @@ class ReidSettings(StrictModel):
         "shed_every_s after the last (1 bounds the delay; 2 keeps identities near every-6-s quality but "
         "lets the delay grow where tracks come faster than half the extraction rate: RESULTS.md)",
     )
-
     shed_hard_min_quality: float = Field(
         0.0,
         ge=0,
