@@ -20,6 +20,9 @@ from pgr.membership import release_instance_id, static_instance_id
 
 log = logging.getLogger(__name__)
 LAG_TIMEOUT_MS = 2000  # a lag look-up never holds a consumer longer than this per request
+# between empty polls a consumer sleeps, doubling from the first pause to the last: the longest a record
+# that arrives while it sleeps waits for it
+EMPTY_POLL_PAUSE_S = (0.002, 0.05)
 
 
 @dataclass(frozen=True)
@@ -352,13 +355,39 @@ class _KafkaConsumer:
         )
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
-        batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        """Up to `max_records` records, waiting up to `timeout_s` for the first.
+
+        Once the group is joined, the client is asked without waiting, and the wait is a sleep between
+        empty polls: kafka-python's own wait re-sends a fetch as soon as one comes back empty, and a broker
+        that answers an empty fetch at once instead of holding it for `fetch.max.wait.ms` (noida-db) kept
+        that loop, and so a consumer with nothing to read, at a full core. While the group is (re)joining,
+        kafka-python's own wait: a join cut short by a poll that does not wait starts over, again and
+        again."""
+        deadline = time.monotonic() + timeout_s
+        pause, longest = EMPTY_POLL_PAUSE_S
+        while True:
+            left = deadline - time.monotonic()
+            wait_ms = 0 if self._joined() else max(int(left * 1000), 0)
+            batches = self._c.poll(timeout_ms=wait_ms, max_records=max_records)
+            left = deadline - time.monotonic()
+            if batches or left <= 0:
+                break
+            if wait_ms == 0:
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, longest)
         out = [
             Message(tp.topic, tp.partition, m.offset, m.key, m.value)
             for tp, msgs in batches.items()
             for m in msgs
         ]
         return out
+
+    def _joined(self) -> bool:
+        """Partitions assigned and no rejoin pending (kafka-python's coordinator; False if it cannot say)."""
+        try:
+            return bool(self._c.assignment()) and not self._c._coordinator.need_rejoin()
+        except Exception:  # another kafka-python, without that attribute: the client's own wait
+            return False
 
     def commit(self) -> None:
         """Commit what was polled. A commit refused because the group rebalanced (a broker restart, a
