@@ -209,10 +209,17 @@ class ReidSettings(StrictModel):
         le=1,
         description="hard shedding: a tracklet's due crop below this quality (the matcher's crop_quality: "
         "box height, detection score, sharpness, border cut) waits for a better one, at most until "
-        "shed_hard_wait_crops were due (0: off; choose it on a site's own footage: RESULTS.md)",
+        "shed_hard_wait_crops were due or shed_hard_wait_s passed (0: off; choose it on a site's own "
+        "footage: RESULTS.md)",
     )
     shed_hard_wait_crops: int = Field(
         3, ge=1, description="hard shedding: the due crop extracted whatever its quality (1: the first)"
+    )
+    shed_hard_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="hard shedding: ... or the first due crop this long (stream seconds) after the first "
+        "one passed over, whichever comes first (0: off; a wait that means the same at any crop rate)",
     )
 
     @model_validator(mode="after")

@@ -26,9 +26,11 @@ it can fall, whatever the stream brings, as long as new tracks times `hard_crops
 extracts.
 With `reid.shed_hard_min_quality` = Q > 0 a hard-shed tracklet's due crop is extracted only if its quality
 (`matcher.tracklets.crop_quality`: box height, detection score, sharpness, border cut; the score the matcher
-keeps a tracklet's crops by) is at least Q, or if it is the `hard_wait_crops`-th due crop passed over (so a
-tracklet of poor crops still gets one): the one view a tracklet gets is then rarely a person half in the
-frame or blurred. Still decided at arrival, from the crop alone.
+keeps a tracklet's crops by) is at least Q, or if it is the `hard_wait_crops`-th due crop, or (with
+`hard_wait_s` = W > 0) the first due crop W seconds of stream or more after the first one passed over (so a
+tracklet of poor crops still gets one; the wait in crops means a different time at each crop rate, the
+wait in seconds the same): the one view a tracklet gets is then rarely a person half in the frame or
+blurred. Still decided at arrival, from the crop alone.
 Every shed crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its
 tracklet goes on, and ends, with the track, not with the last crop that was extracted.
 
@@ -63,6 +65,7 @@ class _Track:
     last_seen: float
     extracted: int = 0  # crops extracted since the track's tracklet began (its first, or after a gap)
     passed: int = 0  # due crops passed over for their quality since the last extraction (hard shedding)
+    passed_since: float = 0.0  # the stream time of the first of them
     decided: dict[str, Decision] = field(default_factory=dict)  # detection id -> decision, oldest first
 
 
@@ -82,11 +85,13 @@ class TrackSampler:
         hard_crops: int = 1,
         hard_min_quality: float = 0.0,
         hard_wait_crops: int = 3,
+        hard_wait_s: float = 0.0,
     ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
         self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
         self.shed_hard_after_s, self.hard_crops = shed_hard_after_s, hard_crops
         self.hard_min_quality, self.hard_wait_crops = hard_min_quality, hard_wait_crops
+        self.hard_wait_s = hard_wait_s
         self.gap_s = gap_s  # a track seen again after this long starts a new tracklet: a first crop again
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
@@ -125,8 +130,10 @@ class TrackSampler:
             t = self.tracks[key] = _Track(det.timestamp, det.timestamp)
         if fresh:
             t.extracted = t.passed = 0
-        if decision == "extract" and hard and self._poor(t, quality):
+        if decision == "extract" and hard and self._poor(t, det.timestamp, quality):
             decision = "shed"  # its tracklet waits for a better view
+            if t.passed == 0:
+                t.passed_since = det.timestamp
             t.passed += 1
         if decision == "extract":
             t.last_extracted = det.timestamp
@@ -138,10 +145,13 @@ class TrackSampler:
             del t.decided[next(iter(t.decided))]
         return decision
 
-    def _poor(self, t: _Track, quality: Callable[[], float] | None) -> bool:
-        """A due crop under hard shedding that waits for a better one of its tracklet: below
-        `hard_min_quality`, while fewer than `hard_wait_crops` - 1 were passed over."""
+    def _poor(self, t: _Track, at: float, quality: Callable[[], float] | None) -> bool:
+        """A due crop under hard shedding (stream time `at`) that waits for a better one of its tracklet:
+        below `hard_min_quality`, while fewer than `hard_wait_crops` - 1 were passed over and, with
+        `hard_wait_s`, less than that has passed since the first of them."""
         if self.hard_min_quality <= 0 or quality is None or t.passed >= self.hard_wait_crops - 1:
+            return False
+        if t.passed and 0 < self.hard_wait_s <= at - t.passed_since:
             return False
         return quality() < self.hard_min_quality
 

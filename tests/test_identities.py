@@ -911,21 +911,25 @@ def test_sightings_before_a_tracklets_first_crop_are_where_it_begins(pets):
     assert book.counts["sighting_unmatched"] == 2
 
 
-def _good_crops(crops: list, quality: dict[str, float], q_min: float, wait: int, gap_s: float) -> set[str]:
+def _good_crops(
+    crops: list, quality: dict[str, float], q_min: float, wait: int, gap_s: float, wait_s: float = 0.0
+) -> set[str]:
     """The crops hard shedding keeps with a quality floor, written out (one per tracklet): of each track's
-    tracklet the first crop of quality `q_min` or more among its first `wait`, else its `wait`-th."""
+    tracklet the first crop of quality `q_min` or more among its first `wait`, else its `wait`-th, or (with
+    `wait_s`) its first crop `wait_s` or more after its first, whichever comes first."""
     kept: set[str] = set()
-    state: dict[int, tuple[float, int, bool]] = {}  # track -> (last seen, crops of its tracklet, kept one)
+    state: dict[int, tuple[float, int, bool, float]] = {}  # track -> (last seen, crops, kept one, began)
     for c in crops:
         d = c.detection
-        seen, count, done = state.get(d.track_id, (-math.inf, 0, False))
+        seen, count, done, began = state.get(d.track_id, (-math.inf, 0, False, d.timestamp))
         if d.timestamp - seen > gap_s:
-            count, done = 0, False
+            count, done, began = 0, False, d.timestamp
         count += 1
-        if not done and (quality[d.detection_id] >= q_min or count == wait):
+        waited = 0 < wait_s <= d.timestamp - began
+        if not done and (quality[d.detection_id] >= q_min or count == wait or waited):
             kept.add(d.detection_id)
             done = True
-        state[d.track_id] = (max(seen, d.timestamp), count, done)
+        state[d.track_id] = (max(seen, d.timestamp), count, done, began)
     return kept
 
 
@@ -976,6 +980,50 @@ def test_hard_shedding_waits_for_a_good_crop_of_each_tracklet(pets):
 
     _, topic, _ = _hard_shedding_reid_stage(
         settings, extractor, crops, shed_hard_min_quality=q_min, shed_hard_wait_crops=3
+    )
+    assert {r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)} == kept
+
+
+def test_hard_shedding_waits_for_a_good_crop_at_most_so_many_seconds(pets):
+    """reid.shed_hard_wait_s: the wait for a good crop in stream seconds, whatever the crop rate; the
+    sampler, the offline stand-in and the re-ID stage keep the crops of the rule written out."""
+    from pgr.app.identity_eval import sampled
+    from pgr.messages import CropRecord
+    from reid.sampling import TrackSampler, record_quality
+
+    settings, records, extractor, _ = pets
+    tracked = [r for r in records if r.detection.track_id >= 0]
+    crops = [CropRecord(r.detection, r.jpeg) for r in tracked]
+    quality = {c.detection.detection_id: record_quality(c) for c in crops}
+    q_min = float(np.quantile(list(quality.values()), 0.9))  # most tracklets wait
+    gap, wait_s = settings.matcher.identities.end_gap_s, 1.0
+    newest_read = max(c.detection.read_at for c in crops)
+    sampler = TrackSampler(
+        0.0,
+        shed_after_s=1.0,
+        shed_every_s=2.0,
+        clock=lambda: newest_read + 60,
+        gap_s=gap,
+        shed_hard_after_s=30.0,
+        hard_min_quality=q_min,
+        hard_wait_crops=1000,
+        hard_wait_s=wait_s,
+    )
+    decisions = [sampler.decide(c.detection, quality=partial(record_quality, c)) for c in crops]
+    kept = _good_crops(crops, quality, q_min, 1000, gap, wait_s)
+    assert [d == "extract" for d in decisions] == [c.detection.detection_id in kept for c in crops]
+    by_quality_alone = _good_crops(crops, quality, q_min, 1000, gap)
+    assert kept != by_quality_alone and len(kept) > len(by_quality_alone)  # the wait gave poor tracklets one
+
+    offline = sampled(tracked, math.inf, gap, min_quality=q_min, wait_crops=1000, wait_s=wait_s)
+    assert {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)} == kept
+    _, topic, _ = _hard_shedding_reid_stage(
+        settings,
+        extractor,
+        crops,
+        shed_hard_min_quality=q_min,
+        shed_hard_wait_crops=1000,
+        shed_hard_wait_s=wait_s,
     )
     assert {r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)} == kept
 

@@ -201,6 +201,7 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
                 ("shed_hard_crops", args.shed_hard_crops),
                 ("shed_hard_min_quality", args.shed_hard_min_quality),
                 ("shed_hard_wait_crops", args.shed_hard_wait),
+                ("shed_hard_wait_s", args.shed_hard_wait_s),
             )
             if value is not None
         },
@@ -221,7 +222,9 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
 
 def identity_overrides(args, threshold: float, idle_end_s: float | None) -> dict:
     """matcher.identities for a replay (idle_end_s None: the config's)."""
-    out = {"threshold": threshold, "end_gap_s": args.end_gap, "instance_only": args.instance_only}
+    out = {"threshold": threshold, "instance_only": args.instance_only}
+    if args.end_gap is not None:
+        out["end_gap_s"] = args.end_gap
     if idle_end_s is not None:
         out["idle_end_s"] = idle_end_s
     return out
@@ -345,6 +348,7 @@ def run_replay(args) -> dict:
         shed_hard_crops=settings.reid.shed_hard_crops,
         shed_hard_min_quality=settings.reid.shed_hard_min_quality,
         shed_hard_wait_crops=settings.reid.shed_hard_wait_crops,
+        shed_hard_wait_s=settings.reid.shed_hard_wait_s,
         sightings=int(metrics.sightings._value.get()),
         extracted_per_s=round(extracted / total_s, 1),
         reid_in_its_own_process=bool(args.reid_process),
@@ -706,7 +710,8 @@ def run_memory(args) -> dict:
     crops = window(held_out(split, args.held_out), args.minutes, args.start)
     settings = load_settings(args.config, check_models=False)
     records, model = replay_records(args, crops, settings, split)
-    cfg = settings.matcher.identities.model_copy(update={"idle_end_s": 1e9, "end_gap_s": args.end_gap})
+    gap = settings.matcher.identities.end_gap_s if args.end_gap is None else args.end_gap
+    cfg = settings.matcher.identities.model_copy(update={"idle_end_s": 1e9, "end_gap_s": gap})
     points: list[dict] = []
 
     def sample(service: IdentityService, i: int) -> None:
@@ -757,6 +762,7 @@ def sampled(
     hard_crops: int = 1,
     min_quality: float = 0.0,
     wait_crops: int = 3,
+    wait_s: float = 0.0,
 ) -> list[FeatureRecord | Detection]:
     """The records the re-ID stage extracts with `reid.sample_every_s` (reid/sampling.py; all for 0). An
     interval of `end_gap_s` or more is shedding, which only sends sightings can make (its sampling would
@@ -764,7 +770,7 @@ def sampled(
     and one every `every_s`, every other crop a sighting (its Detection), as the matcher then gets them;
     infinite: hard shedding throughout (`reid.shed_hard_after_s`, keeping `hard_crops` of each tracklet, a
     6 s interval between them; with `min_quality`, each the first of at least that quality among the next
-    `wait_crops` due: `reid.shed_hard_min_quality`)."""
+    `wait_crops` due or within `wait_s`: `reid.shed_hard_min_quality`)."""
     if every_s >= end_gap_s:
         hard = 2e-9 if math.isinf(every_s) else 0.0
         sampler = TrackSampler(
@@ -776,6 +782,7 @@ def sampled(
             hard_crops=hard_crops,
             hard_min_quality=min_quality,
             hard_wait_crops=wait_crops,
+            hard_wait_s=wait_s,
         )
         return [
             r if sampler.decide(r.detection, quality=partial(record_quality, r)) == "extract" else r.detection
@@ -801,7 +808,13 @@ def _calibration_row(job: tuple) -> dict:
     overrides["window_s"] = window
     cfg = base.model_validate({**base.model_dump(), **overrides})
     kept = sampled(
-        records, every, cfg.end_gap_s, args.shed_hard_crops, args.shed_hard_min_quality, args.shed_hard_wait
+        records,
+        every,
+        cfg.end_gap_s,
+        args.shed_hard_crops,
+        args.shed_hard_min_quality,
+        args.shed_hard_wait,
+        args.shed_hard_wait_s,
     )
     store = offline_run(cfg, retrieval, kept)
     score = score_store(store, crops)
@@ -990,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--minutes", type=float, help="replay only this many minutes of the stream")
         p.add_argument("--start", type=float, default=0.0, help="... from this many minutes in")
         p.add_argument("--track-gap", type=float, default=6.0, help="seconds that split a local track")
-        p.add_argument("--end-gap", type=float, default=7.0, help="matcher.identities.end_gap_s")
+        p.add_argument("--end-gap", type=float, help="matcher.identities.end_gap_s (default: the config's)")
         p.add_argument("--instance-only", action="store_true")
         p.add_argument("--out", type=Path)
     replay = sub.choices["replay"]
@@ -1040,6 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument(
         "--shed-hard-wait", type=int, help="reid.shed_hard_wait_crops (default: the config's)"
     )
+    replay.add_argument(
+        "--shed-hard-wait-s", type=float, help="reid.shed_hard_wait_s (default: the config's)"
+    )
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"
     )
@@ -1058,6 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     calibrate.add_argument(
         "--shed-hard-wait", type=int, default=3, help="with --sample-every inf: reid.shed_hard_wait_crops"
+    )
+    calibrate.add_argument(
+        "--shed-hard-wait-s",
+        type=float,
+        default=0.0,
+        help="with --sample-every inf: reid.shed_hard_wait_s",
     )
     sub.choices["search"].add_argument("--sample-every", type=float, nargs="+", default=[0.0, 4.0])
     for name in ("calibrate", "memory", "search"):

@@ -159,6 +159,7 @@ def run_reid_stage(
             hard_crops=r.shed_hard_crops,
             hard_min_quality=r.shed_hard_min_quality,
             hard_wait_crops=r.shed_hard_wait_crops,
+            hard_wait_s=r.shed_hard_wait_s,
         )
         if r.sample_every_s > 0 or r.shed_after_s > 0
         else None
