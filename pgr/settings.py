@@ -221,6 +221,13 @@ class ReidSettings(StrictModel):
         description="hard shedding: ... or the first due crop this long (stream seconds) after the first "
         "one passed over, whichever comes first (0: off; a wait that means the same at any crop rate)",
     )
+    shed_all_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="a crop later than this is not extracted at all, not even a tracklet's first: a bound "
+        "on the delay whatever the stream brings, at the cost of the tracks that end within such a "
+        "stretch (0: off; above shed_hard_after_s)",
+    )
 
     @model_validator(mode="after")
     def _hard_shedding_above_shedding(self) -> ReidSettings:
@@ -228,6 +235,11 @@ class ReidSettings(StrictModel):
             raise ValueError(
                 f"reid.shed_hard_after_s ({self.shed_hard_after_s}) needs reid.shed_after_s above 0 and "
                 f"below it (got {self.shed_after_s})"
+            )
+        if self.shed_all_after_s > 0 and not 0 < self.shed_hard_after_s < self.shed_all_after_s:
+            raise ValueError(
+                f"reid.shed_all_after_s ({self.shed_all_after_s}) needs reid.shed_hard_after_s above 0 "
+                f"and below it (got {self.shed_hard_after_s})"
             )
         return self
 

@@ -31,6 +31,12 @@ keeps a tracklet's crops by) is at least Q, or if it is the `hard_wait_crops`-th
 tracklet of poor crops still gets one; the wait in crops means a different time at each crop rate, the
 wait in seconds the same): the one view a tracklet gets is then rarely a person half in the frame or
 blurred. Still decided at arrival, from the crop alone.
+A strict bound (`reid.shed_all_after_s` = D > H): a crop later than D is not extracted at all, not even
+a tracklet's first. Hard shedding bounds the delay only while new tracks come slower than the stage
+extracts one crop each; past D the stage sheds everything until it is back under D, and a tracklet that
+got no crop stays due, so its next crop that comes in time is extracted (the matcher holds its sightings
+until then, and the tracklet still begins at the first). A track that ends within such a stretch gets no
+identity.
 Every shed crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its
 tracklet goes on, and ends, with the track, not with the last crop that was extracted.
 
@@ -86,12 +92,13 @@ class TrackSampler:
         hard_min_quality: float = 0.0,
         hard_wait_crops: int = 3,
         hard_wait_s: float = 0.0,
+        shed_all_after_s: float = 0.0,
     ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
         self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
         self.shed_hard_after_s, self.hard_crops = shed_hard_after_s, hard_crops
         self.hard_min_quality, self.hard_wait_crops = hard_min_quality, hard_wait_crops
-        self.hard_wait_s = hard_wait_s
+        self.hard_wait_s, self.shed_all_after_s = hard_wait_s, shed_all_after_s
         self.gap_s = gap_s  # a track seen again after this long starts a new tracklet: a first crop again
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
@@ -130,7 +137,9 @@ class TrackSampler:
             t = self.tracks[key] = _Track(det.timestamp, det.timestamp)
         if fresh:
             t.extracted = t.passed = 0
-        if decision == "extract" and hard and self._poor(t, det.timestamp, quality):
+        if decision == "extract" and 0 < self.shed_all_after_s < lateness:
+            decision = "shed"  # too late for any crop: its tracklet stays due (nothing extracted since)
+        elif decision == "extract" and hard and self._poor(t, det.timestamp, quality):
             decision = "shed"  # its tracklet waits for a better view
             if t.passed == 0:
                 t.passed_since = det.timestamp

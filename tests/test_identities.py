@@ -884,6 +884,48 @@ def test_hard_shedding_extracts_first_crops_and_sightings_keep_tracklets_whole(p
         type(bad).model_validate(bad.model_dump())
 
 
+def test_past_the_strict_bound_no_crop_is_extracted_and_its_tracklet_stays_due():
+    """reid.shed_all_after_s: a crop later than that is shed even if it is its tracklet's first (hard
+    shedding alone would extract it), and the tracklet's next crop in time is extracted; redelivery gets
+    the same answers; the setting must lie above reid.shed_hard_after_s."""
+    from pgr.settings import ReidSettings
+    from reid.sampling import TrackSampler
+
+    now = [1000.0]
+    sampler = TrackSampler(
+        0.0,
+        shed_after_s=0.25,
+        shed_every_s=6.0,
+        clock=lambda: now[0],
+        gap_s=3.0,
+        shed_hard_after_s=1.0,
+        shed_all_after_s=2.0,
+    )
+
+    def crop(det_id: str, track: int, t: float, late_s: float) -> Detection:
+        det = _det(det_id, "c1", t, track, int(t * 10))
+        return dataclasses.replace(det, read_at=now[0] - late_s)
+
+    first_a, second_a = crop("a1", 1, 10.0, 2.5), crop("a2", 1, 12.0, 0.5)
+    first_b, second_b = crop("b1", 2, 10.0, 1.5), crop("b2", 2, 12.0, 1.5)
+    assert [sampler.decide(d) for d in (first_a, first_b)] == ["shed", "extract"]  # b: first, hard only
+    assert [sampler.decide(d) for d in (second_a, second_b)] == ["extract", "shed"]  # a was still due
+    assert [sampler.decide(d) for d in (first_a, first_b, second_a, second_b)] == [
+        "shed",
+        "extract",
+        "extract",
+        "shed",
+    ]
+    without = TrackSampler(
+        0.0, shed_after_s=0.25, shed_every_s=6.0, clock=lambda: now[0], gap_s=3.0, shed_hard_after_s=1.0
+    )
+    assert without.decide(first_a) == "extract"  # hard shedding alone extracts a late first crop
+    with pytest.raises(ValueError, match="shed_all_after_s"):
+        ReidSettings.model_validate({"shed_after_s": 0.25, "shed_hard_after_s": 1.0, "shed_all_after_s": 0.5})
+    with pytest.raises(ValueError, match="shed_all_after_s"):
+        ReidSettings.model_validate({"shed_after_s": 0.25, "shed_all_after_s": 2.0})
+
+
 def test_sightings_before_a_tracklets_first_crop_are_where_it_begins(pets):
     """Sightings of a track with no tracklet yet (its first crops were passed over for a better one) are
     held: the tracklet its next crop starts within the end gap begins at them; held sightings no crop

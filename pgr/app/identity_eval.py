@@ -202,6 +202,7 @@ def eval_overrides(args, workdir: Path, threshold: float) -> dict:
                 ("shed_hard_min_quality", args.shed_hard_min_quality),
                 ("shed_hard_wait_crops", args.shed_hard_wait),
                 ("shed_hard_wait_s", args.shed_hard_wait_s),
+                ("shed_all_after_s", args.shed_all_after),
             )
             if value is not None
         },
@@ -349,6 +350,7 @@ def run_replay(args) -> dict:
         shed_hard_min_quality=settings.reid.shed_hard_min_quality,
         shed_hard_wait_crops=settings.reid.shed_hard_wait_crops,
         shed_hard_wait_s=settings.reid.shed_hard_wait_s,
+        shed_all_after_s=settings.reid.shed_all_after_s,
         sightings=int(metrics.sightings._value.get()),
         extracted_per_s=round(extracted / total_s, 1),
         reid_in_its_own_process=bool(args.reid_process),
@@ -1055,6 +1057,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     replay.add_argument(
         "--shed-hard-wait-s", type=float, help="reid.shed_hard_wait_s (default: the config's)"
+    )
+    replay.add_argument(
+        "--shed-all-after",
+        type=float,
+        help="reid.shed_all_after_s: no crop extracted when later (default: the config's)",
     )
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"
