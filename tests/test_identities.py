@@ -975,19 +975,54 @@ def _good_crops(
     return kept
 
 
+def _late_floor_sampler(crops: list, gap_s: float, q_min: float, wait: int, wait_s: float = 0.0):
+    """A TrackSampler with a quality floor that finds every one of `crops` late: hard shedding throughout."""
+    from reid.sampling import TrackSampler
+
+    newest_read = max(c.detection.read_at for c in crops)
+    return TrackSampler(
+        0.0,
+        shed_after_s=1.0,
+        shed_every_s=2.0,
+        clock=lambda: newest_read + 60,
+        gap_s=gap_s,
+        shed_hard_after_s=30.0,
+        hard_min_quality=q_min,
+        hard_wait_crops=wait,
+        hard_wait_s=wait_s,
+    )
+
+
+def _floor_kept_offline_and_by_the_stage(
+    pets, crops: list, q_min: float, wait: int, wait_s: float = 0.0
+) -> tuple[set[str], set[str]]:
+    """The crops hard shedding with this quality floor extracts, as the offline stand-in
+    (`identity_eval.sampled`) and as the real re-ID stage decide them."""
+    from pgr.app.identity_eval import sampled
+
+    settings, records, extractor, _ = pets
+    tracked = [r for r in records if r.detection.track_id >= 0]
+    gap = settings.matcher.identities.end_gap_s
+    offline = sampled(tracked, math.inf, gap, min_quality=q_min, wait_crops=wait, wait_s=wait_s)
+    floor = {"shed_hard_min_quality": q_min, "shed_hard_wait_crops": wait, "shed_hard_wait_s": wait_s}
+    _, topic, _ = _hard_shedding_reid_stage(settings, extractor, crops, **floor)
+    return (
+        {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)},
+        {r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)},
+    )
+
+
 def test_hard_shedding_waits_for_a_good_crop_of_each_tracklet(pets):
     """reid.shed_hard_min_quality: under hard shedding a tracklet's one crop is its first good one (the
     matcher's crop quality), or its shed_hard_wait_crops-th when none of those is; decided at arrival, the
     same on redelivery, by the re-ID stage as by the offline stand-in."""
-    from pgr.app.identity_eval import sampled
     from pgr.messages import CropRecord
-    from reid.sampling import TrackSampler, record_quality
+    from reid.sampling import record_quality
 
-    settings, records, extractor, _ = pets
+    settings, records, _, _ = pets
     crops = [CropRecord(r.detection, r.jpeg) for r in records if r.detection.track_id >= 0]
     quality = {c.detection.detection_id: record_quality(c) for c in crops}
     q_min = float(np.median(list(quality.values())))
-    newest_read = max(c.detection.read_at for c in crops)
     gap = settings.matcher.identities.end_gap_s
     asked: list[str] = []
 
@@ -995,16 +1030,7 @@ def test_hard_shedding_waits_for_a_good_crop_of_each_tracklet(pets):
         asked.append(c.detection.detection_id)
         return quality[c.detection.detection_id]
 
-    sampler = TrackSampler(
-        0.0,
-        shed_after_s=1.0,
-        shed_every_s=2.0,
-        clock=lambda: newest_read + 60,
-        gap_s=gap,
-        shed_hard_after_s=30.0,
-        hard_min_quality=q_min,
-        hard_wait_crops=3,
-    )
+    sampler = _late_floor_sampler(crops, gap, q_min, 3)
     decisions = [sampler.decide(c.detection, quality=partial(quality_of, c)) for c in crops]
     kept = _good_crops(crops, quality, q_min, 3, gap)
     assert [d == "extract" for d in decisions] == [c.detection.detection_id in kept for c in crops]
@@ -1015,59 +1041,28 @@ def test_hard_shedding_waits_for_a_good_crop_of_each_tracklet(pets):
     again = [sampler.decide(c.detection, quality=partial(quality_of, c)) for c in crops]
     assert again == decisions  # redelivered: the same answers
 
-    offline = sampled(
-        [r for r in records if r.detection.track_id >= 0], math.inf, gap, min_quality=q_min, wait_crops=3
-    )
-    assert {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)} == kept
-
-    _, topic, _ = _hard_shedding_reid_stage(
-        settings, extractor, crops, shed_hard_min_quality=q_min, shed_hard_wait_crops=3
-    )
-    assert {r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)} == kept
+    assert _floor_kept_offline_and_by_the_stage(pets, crops, q_min, 3) == (kept, kept)
 
 
 def test_hard_shedding_waits_for_a_good_crop_at_most_so_many_seconds(pets):
     """reid.shed_hard_wait_s: the wait for a good crop in stream seconds, whatever the crop rate; the
     sampler, the offline stand-in and the re-ID stage keep the crops of the rule written out."""
-    from pgr.app.identity_eval import sampled
     from pgr.messages import CropRecord
-    from reid.sampling import TrackSampler, record_quality
+    from reid.sampling import record_quality
 
-    settings, records, extractor, _ = pets
-    tracked = [r for r in records if r.detection.track_id >= 0]
-    crops = [CropRecord(r.detection, r.jpeg) for r in tracked]
+    settings, records, _, _ = pets
+    crops = [CropRecord(r.detection, r.jpeg) for r in records if r.detection.track_id >= 0]
     quality = {c.detection.detection_id: record_quality(c) for c in crops}
     q_min = float(np.quantile(list(quality.values()), 0.9))  # most tracklets wait
     gap, wait_s = settings.matcher.identities.end_gap_s, 1.0
-    newest_read = max(c.detection.read_at for c in crops)
-    sampler = TrackSampler(
-        0.0,
-        shed_after_s=1.0,
-        shed_every_s=2.0,
-        clock=lambda: newest_read + 60,
-        gap_s=gap,
-        shed_hard_after_s=30.0,
-        hard_min_quality=q_min,
-        hard_wait_crops=1000,
-        hard_wait_s=wait_s,
-    )
+    sampler = _late_floor_sampler(crops, gap, q_min, 1000, wait_s)
     decisions = [sampler.decide(c.detection, quality=partial(record_quality, c)) for c in crops]
     kept = _good_crops(crops, quality, q_min, 1000, gap, wait_s)
     assert [d == "extract" for d in decisions] == [c.detection.detection_id in kept for c in crops]
     by_quality_alone = _good_crops(crops, quality, q_min, 1000, gap)
     assert kept != by_quality_alone and len(kept) > len(by_quality_alone)  # the wait gave poor tracklets one
 
-    offline = sampled(tracked, math.inf, gap, min_quality=q_min, wait_crops=1000, wait_s=wait_s)
-    assert {r.detection.detection_id for r in offline if isinstance(r, FeatureRecord)} == kept
-    _, topic, _ = _hard_shedding_reid_stage(
-        settings,
-        extractor,
-        crops,
-        shed_hard_min_quality=q_min,
-        shed_hard_wait_crops=1000,
-        shed_hard_wait_s=wait_s,
-    )
-    assert {r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)} == kept
+    assert _floor_kept_offline_and_by_the_stage(pets, crops, q_min, 1000, wait_s) == (kept, kept)
 
 
 def test_process_cpu_seconds_for_the_replay_report():
