@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from pgr.consumed_deletion import ConsumedDeleter
 from pgr.messages import MalformedRecord
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Consumer, Message, Producer
@@ -90,11 +91,13 @@ def consume_loop(
     finish: Callable[[], None] | None = None,
     lag: LagReporter | None = None,
     linger_s: float = 0.0,
+    deleter: ConsumedDeleter | None = None,
 ) -> None:
     """Poll, handle, commit until `stop`; or, once `upstream_done` is set, until a poll comes back empty
     (then `finish` runs). `tick`, when given, runs after a poll that came back empty: work driven by the
     clock runs when the consumer has caught up, never because its own backlog kept it busy. `lag`, when
-    given, exports the consumer's lag after commits and empty polls. `linger_s`: after a poll that came
+    given, exports the consumer's lag after commits and empty polls; `deleter`, when given, deletes from the
+    broker what every group has committed, at the same points. `linger_s`: after a poll that came
     back with fewer than `max_records`, keep polling up to this long for more, so that one `handle` (and
     its fixed costs) serves several records.
 
@@ -118,6 +121,8 @@ def consume_loop(
                 tick()
             if lag is not None:
                 lag.update(consumer)
+            if deleter is not None:
+                deleter.update(consumer)
     finally:
         consumer.close()
 

@@ -111,6 +111,13 @@ class PipelineMetrics(ServedRegistry):
             ["stage", "topic", "partition"],
             registry=r,
         )
+        self.records_deleted = Counter(
+            "pgr_records_deleted",
+            "Records the stage deleted from the broker once every consumer group had committed them "
+            "(transport.delete_consumed)",
+            ["stage", "topic"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "pgr_dead_lettered", "Malformed records sent to the dead-letter topic", ["stage"], registry=r
         )

@@ -456,6 +456,14 @@ class TransportSettings(StrictModel):
         None,
         description="static group membership: a restarted service with the same id takes its place at once",
     )
+    delete_consumed: list[Literal["crops", "features"]] = Field(
+        default_factory=list,
+        description="topics whose records the stage reading them deletes from the broker once every consumer "
+        "group with offsets on them has committed them: the broker then holds the backlog, not the history "
+        "(for a broker that does not enforce retention, or to keep camera images no longer than the "
+        "stages need them); a group that starts later reads only what is left",
+    )
+    delete_consumed_every_s: float = Field(5.0, gt=0, description="how often a stage deletes (at most)")
 
     @field_validator("instance_id")
     @classmethod

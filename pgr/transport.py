@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +47,7 @@ class Consumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
     def commit(self) -> None: ...
     def lag(self) -> dict[tuple[str, int], int]: ...
+    def delete_committed(self, topics: Collection[str]) -> dict[tuple[str, int], int]: ...
     def close(self) -> None: ...
 
 
@@ -172,6 +174,10 @@ class _BusConsumer:
     def lag(self) -> dict[tuple[str, int], int]:
         """Uncommitted records per (topic, partition); the bus has one partition per topic."""
         return {(t, 0): self._bus.lag(t, self._group) for t in self._topics}
+
+    def delete_committed(self, topics: Collection[str]) -> dict[tuple[str, int], int]:
+        """Nothing to do: the bus releases what every group has committed on its own."""
+        return {}
 
     def close(self) -> None:
         pass
@@ -327,7 +333,9 @@ def _resendable(exc: BaseException | None) -> bool:
 
 class _KafkaConsumer:
     def __init__(self, t: KafkaTransport, topics: list[str], group: str) -> None:
-        self._group = group
+        self._t, self._group = t, group
+        self._admin = None  # made on the first delete_committed
+        self._start: dict = {}  # TopicPartition -> its first offset still on the broker, as last seen
         self.instance_id = static_instance_id(group, t.instance_id)  # static membership, always
         with _reaching(t.bootstrap):
             self._c = self._connect(t, topics, group, self.instance_id)
@@ -428,6 +436,51 @@ class _KafkaConsumer:
             for p in parts
         }
 
+    def delete_committed(self, topics: Collection[str]) -> dict[tuple[str, int], int]:
+        """Delete from the broker (DeleteRecords) the records of the partitions of `topics` this consumer
+        owns that every consumer group with a committed offset on them has committed; returns how many
+        went, per partition. A group that has not committed on a partition does not hold it back: it
+        starts from what is left. Raises KafkaError when the broker refuses or does not answer."""
+        parts = sorted(p for p in self._c.assignment() or () if p.topic in topics)
+        if not parts:
+            return {}
+        admin = self._admin_client()
+        floor: dict = {}
+        for g in admin.list_groups():
+            group_id = g["group_id"] if isinstance(g, dict) else g[0]
+            for p, om in admin.list_group_offsets({group_id: parts}).get(group_id, {}).items():
+                if om is not None and om.offset >= 0 and p in parts:
+                    floor[p] = min(floor.get(p, om.offset), om.offset)
+        unknown = [p for p in floor if p not in self._start]
+        if unknown:
+            self._start.update(self._c.beginning_offsets(unknown, timeout_ms=LAG_TIMEOUT_MS))
+        todo = {p: o for p, o in floor.items() if o > self._start[p]}
+        if not todo:
+            return {}
+        deleted = {}
+        for p, result in admin.delete_records(todo).items():
+            start = result["low_watermark"] if isinstance(result, dict) else todo[p]
+            deleted[(p.topic, p.partition)] = max(start - self._start[p], 0)
+            self._start[p] = max(start, self._start[p])
+        return deleted
+
+    def _admin_client(self):
+        if self._admin is None:
+            from kafka import KafkaAdminClient
+
+            t = self._t
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=t.bootstrap,
+                client_id=f"{t.client_id}-admin",
+                bootstrap_timeout_ms=t.bootstrap_timeout_ms,
+                request_timeout_ms=LAG_TIMEOUT_MS * 5,
+                **t.options,
+            )
+        return self._admin
+
     def close(self) -> None:
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
         self._c.close(autocommit=False)
         release_instance_id(self._group, self.instance_id)

@@ -25,6 +25,7 @@ from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore, list_identities, timeline
 from matcher.tracklets import Tracklet, TrackletBook, crop_quality
 from pgr.app.cli import main as pgr_main
+from pgr.app.local_stack import first_offset
 from pgr.app.pipeline import build_extractor, run_ingest_stage, run_matcher_stage, run_reid_stage
 from pgr.messages import (
     Detection,
@@ -195,6 +196,7 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
     want_events = {(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in reference.events()}
     reference.close()
 
+    run = time.time_ns()
     config = write_config(
         transport={
             "kind": "kafka",
@@ -202,9 +204,12 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
             "partitions": 1,
             "group_prefix": "${PGR_GROUP_PREFIX}",
             "instance_id": "${PGR_INSTANCE_ID:-}",
+            # deleting what the matcher has committed loses nothing its successor still has to read
+            "delete_consumed": ["features"],
+            "delete_consumed_every_s": 0.2,
         },
         reid={"device": "cpu"},
-        topics={"identities": f"ids{time.time_ns()}.identities"},
+        topics={n: f"ids{run}.{n}" for n in ("identities", "features")},
         metrics={"port": "${PGR_METRICS_PORT}"},
         matcher={
             "milvus_uri": str(tmp_path / "index.db"),
@@ -242,6 +247,7 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
         assert successor.proc.poll() is None, successor.log.read_text()[-3000:]
         time.sleep(1)
     assert successor.stop() == 0
+    assert first_offset(kafka_bootstrap, topics.features) > 0, "the matcher deleted none of what it read"
     got = _partition(store)
     got_events = {(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in store.events()}
     counts = store.counts()

@@ -259,6 +259,18 @@ def topic_records(bootstrap: str, topic: str) -> list[bytes]:
     return [m.value for m in topic_messages(bootstrap, topic)]
 
 
+def first_offset(bootstrap: str, topic: str, partition: int = 0) -> int:
+    """The first offset of a partition still on the broker: where a new reader starts."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, partition)
+        return c.beginning_offsets([tp])[tp]
+    finally:
+        c.close()
+
+
 def topic_messages(bootstrap: str, topic: str) -> list:
     """Every record in a topic (kafka-python ConsumerRecords: partition, offset, key, value, timestamp)."""
     from kafka import KafkaConsumer, TopicPartition

@@ -20,6 +20,7 @@ from matcher.service import MatcherWorker
 from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
 from pgr.consume_loop import LagReporter, consume_loop
+from pgr.consumed_deletion import ConsumedDeleter
 from pgr.metrics import PipelineMetrics
 from pgr.settings import ReidSettings, Settings, TransportSettings
 from pgr.transport import InProcessBus, KafkaTransport, Transport
@@ -122,6 +123,16 @@ def model_signature(extractor: FeatureExtractor, cfg: ReidSettings) -> tuple[str
     return extractor.name, int(extractor.extract([blank])[0].instance.shape[0])
 
 
+def consumed_deleter(
+    settings: Settings, metrics: PipelineMetrics, stage: str, role: str
+) -> ConsumedDeleter | None:
+    """The stage's deleter of consumed records, when `transport.delete_consumed` names its input topic."""
+    t = settings.transport
+    if role not in t.delete_consumed:
+        return None
+    return ConsumedDeleter(metrics, stage, [getattr(settings.topics, role)], t.delete_consumed_every_s)
+
+
 def group(settings: Settings, stage: str) -> str:
     return f"{settings.transport.group_prefix}-{stage}"
 
@@ -176,6 +187,7 @@ def run_reid_stage(
             upstream_done,
             max_records=settings.reid.batch_size,
             lag=LagReporter(metrics, "reid"),
+            deleter=consumed_deleter(settings, metrics, "reid", "crops"),
         )
     finally:
         producer.close()
@@ -232,6 +244,7 @@ def run_matcher_stage(
             tick=worker.tick,
             finish=worker.finish,
             lag=LagReporter(metrics, "matcher"),
+            deleter=consumed_deleter(settings, metrics, "matcher", "features"),
         )
     finally:
         producer.close()
