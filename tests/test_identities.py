@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sqlite3
 import threading
@@ -1080,6 +1081,28 @@ def test_process_cpu_seconds_for_the_replay_report():
     mine = process_cpu_s(os.getpid())
     assert mine is not None and 0 < mine <= own_cpu_s() + 0.05
     assert process_cpu_s(None) is None and process_cpu_s(2**22 + 12345) is None
+
+
+def test_a_process_groups_cpu_seconds_count_its_children():
+    import subprocess
+    import sys
+
+    from pgr.app.identity_eval import process_cpu_s
+
+    # a leader that runs a busy child in its own process group, as noida-db's launcher runs its broker
+    busy = "import time; t = time.process_time() + 0.6\nwhile time.process_time() < t: pass\ntime.sleep(30)"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"],
+        start_new_session=True,
+    )
+    try:
+        time.sleep(3)  # the child's 0.6 s of CPU is spent by then
+        alone, group = process_cpu_s(leader.pid), process_cpu_s(None, group=leader.pid)
+        assert alone is not None and group is not None
+        assert group - alone >= 0.5, (alone, group)
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
 
 
 def test_the_replay_report_splits_the_latency_and_finds_its_stretch():

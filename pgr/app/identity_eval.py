@@ -1,6 +1,6 @@
 """How well the live identities link people across cameras, on real multi-camera data (a command, not a test).
 
-    python -m pgr.app.identity_eval replay --dataset dukemtmc --bootstrap HOST:PORT [--config FILE]
+    python -m pgr.app.identity_eval replay --dataset dukemtmc [--bootstrap HOST:PORT] [--config FILE]
         [--minutes M --start S] [--speed 10] [--threshold T] [--instance-only] [--sample-every S]
         [--shed-after A --shed-every S] [--reid-process]
     python -m pgr.app.identity_eval calibrate --dataset dukemtmc [--config FILE] [--maps DIR] [--grid ...]
@@ -17,7 +17,8 @@ through the pipeline's own re-ID and matcher stages (after one warm-up crop, so 
 A local track is one identity on one camera while its crops come at most `--track-gap` seconds apart. It
 then scores the matcher's identities against the true ones over every crop (matcher/identity_quality.py)
 and measures the latency from each local track's last crop being published to its identity decision at
-its tracklet's end.
+its tracklet's end. Without `--bootstrap` it runs over a fresh noida-db broker of its own (on loopback, a
+temporary folder) and reports that broker's CPU too.
 
 `calibrate` picks the join threshold (and the bridge-merge margin) on the TRAINING split: the same records
 (in replay order, features from the cache of pgr/app/identity_features.py, sampled as the re-ID stage
@@ -259,6 +260,22 @@ def publish(
         producer.close()
 
 
+def run_replay_with_a_broker(args) -> dict:
+    """`run_replay` over `--bootstrap`, or over a fresh local noida-db broker started and stopped here."""
+    from pgr.app import local_stack
+
+    if args.bootstrap:
+        return run_replay(args)
+    port = local_stack.free_port()
+    with tempfile.TemporaryDirectory(prefix="pgr-replay-broker-") as data:
+        broker = local_stack.start_noida(port, Path(data))
+        try:
+            args.bootstrap, args.broker_group = f"127.0.0.1:{port}", broker.pid
+            return run_replay(args)
+        finally:
+            local_stack.stop_noida(broker)
+
+
 def run_replay(args) -> dict:
     from pgr.app.benchmark import _stage_sums
     from pgr.app.pipeline import (
@@ -313,7 +330,8 @@ def run_replay(args) -> dict:
         t.start()
     warm_up(settings, crops[0], metrics, stop)
     t0, load_before = time.time(), os.getloadavg()
-    cpu_before = own_cpu_s(), process_cpu_s(args.broker_pid)
+    broker_cpu_s = partial(process_cpu_s, args.broker_pid, getattr(args, "broker_group", None))
+    cpu_before = own_cpu_s(), broker_cpu_s()
     sent: dict[str, float] = {}
     guarded(lambda: publish(settings, crops, args.speed, stop, sent), published)
     replay_s = time.time() - t0
@@ -323,7 +341,7 @@ def run_replay(args) -> dict:
         raise RuntimeError("; ".join(errors))
     total_s = time.time() - t0
     cpu_s = {"replay": round(own_cpu_s() - cpu_before[0], 1), **reid_cpu}
-    broker_after = process_cpu_s(args.broker_pid)
+    broker_after = broker_cpu_s()
     if cpu_before[1] is not None and broker_after is not None:
         cpu_s["broker"] = round(broker_after - cpu_before[1], 1)
     store = IdentityStore(settings.matcher.identity_store_path)
@@ -428,14 +446,15 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
-def process_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds process `pid` has used, None without a pid or when it cannot be read."""
+def process_cpu_s(pid: int | None, group: int | None = None) -> float | None:
+    """CPU seconds process `pid` (or the process group `group`) has used, None without either or when it
+    cannot be read."""
     from pgr.app import local_stack
 
-    if pid is None:
-        return None
     try:
-        return local_stack.process_cpu_s(pid)
+        if group is not None:
+            return local_stack.group_cpu_s(group)
+        return None if pid is None else local_stack.process_cpu_s(pid)
     except (OSError, IndexError):
         return None
 
@@ -1009,7 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--instance-only", action="store_true")
         p.add_argument("--out", type=Path)
     replay = sub.choices["replay"]
-    replay.add_argument("--bootstrap", required=True, help="Kafka broker HOST:PORT")
+    replay.add_argument(
+        "--bootstrap", help="Kafka broker HOST:PORT (default: a fresh noida-db of its own, its CPU reported)"
+    )
     replay.add_argument("--split", choices=["test", "train"], default="test")
     replay.add_argument("--keep", action="store_true", help="keep the run's index, thumbnails and state")
     replay.add_argument("--speed", type=float, default=10.0, help="times real time")
@@ -1144,7 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "topology":
         return run_topology(args)
     commands = {
-        "replay": run_replay,
+        "replay": run_replay_with_a_broker,
         "calibrate": run_calibration,
         "memory": run_memory,
         "search": run_search_trade,

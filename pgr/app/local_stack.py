@@ -25,6 +25,20 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of the running processes of a process group (a broker started by
+    start_noida: its launcher and the broker it runs); OSError when its leader cannot be read."""
+    total = process_cpu_s(pgid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a process that ended meanwhile
+        if int(fields[2]) == pgid and stat.parent.name != str(pgid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (on 127.0.0.1)."""
     with socket.socket() as s:
