@@ -1097,7 +1097,7 @@ def test_a_process_groups_cpu_seconds_count_its_children():
     )
     try:
         time.sleep(3)  # the child's 0.6 s of CPU is spent by then
-        alone, group = process_cpu_s(leader.pid), process_cpu_s(None, group=leader.pid)
+        alone, group = process_cpu_s(leader.pid), process_cpu_s(leader.pid, group=True)
         assert alone is not None and group is not None
         assert group - alone >= 0.5, (alone, group)
     finally:

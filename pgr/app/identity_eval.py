@@ -270,7 +270,7 @@ def run_replay_with_a_broker(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="pgr-replay-broker-") as data:
         broker = local_stack.start_noida(port, Path(data))
         try:
-            args.bootstrap, args.broker_group = f"127.0.0.1:{port}", broker.pid
+            args.bootstrap, args.broker_pid = f"127.0.0.1:{port}", broker.pid
             return run_replay(args)
         finally:
             local_stack.stop_noida(broker)
@@ -330,8 +330,7 @@ def run_replay(args) -> dict:
         t.start()
     warm_up(settings, crops[0], metrics, stop)
     t0, load_before = time.time(), os.getloadavg()
-    broker_cpu_s = partial(process_cpu_s, args.broker_pid, getattr(args, "broker_group", None))
-    cpu_before = own_cpu_s(), broker_cpu_s()
+    cpu_before = own_cpu_s(), process_cpu_s(args.broker_pid, group=True)
     sent: dict[str, float] = {}
     guarded(lambda: publish(settings, crops, args.speed, stop, sent), published)
     replay_s = time.time() - t0
@@ -341,7 +340,7 @@ def run_replay(args) -> dict:
         raise RuntimeError("; ".join(errors))
     total_s = time.time() - t0
     cpu_s = {"replay": round(own_cpu_s() - cpu_before[0], 1), **reid_cpu}
-    broker_after = broker_cpu_s()
+    broker_after = process_cpu_s(args.broker_pid, group=True)
     if cpu_before[1] is not None and broker_after is not None:
         cpu_s["broker"] = round(broker_after - cpu_before[1], 1)
     store = IdentityStore(settings.matcher.identity_store_path)
@@ -446,15 +445,15 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
-def process_cpu_s(pid: int | None, group: int | None = None) -> float | None:
-    """CPU seconds process `pid` (or the process group `group`) has used, None without either or when it
-    cannot be read."""
+def process_cpu_s(pid: int | None, group: bool = False) -> float | None:
+    """CPU seconds process `pid` has used (with `group`, its process group's too: a broker's launcher and
+    the broker it runs), None without a pid or when it cannot be read."""
     from pgr.app import local_stack
 
+    if pid is None:
+        return None
     try:
-        if group is not None:
-            return local_stack.group_cpu_s(group)
-        return None if pid is None else local_stack.process_cpu_s(pid)
+        return local_stack.group_cpu_s(pid) if group else local_stack.process_cpu_s(pid)
     except (OSError, IndexError):
         return None
 
@@ -1052,7 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
         help="reid.sample_every_s: extract a track's crops this often",
     )
     replay.add_argument(
-        "--broker-pid", type=int, help="also report this process's CPU seconds (a local broker's)"
+        "--broker-pid",
+        type=int,
+        help="also report the CPU seconds of this process and its process group (a local broker's)",
     )
     replay.add_argument(
         "--shed-after",

@@ -21,22 +21,33 @@ from pgr.paths import REPO
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a running process (Linux /proc); OSError when it cannot be read."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_s(_stat_fields(Path(f"/proc/{pid}/stat")))
 
 
-def group_cpu_s(pgid: int) -> float:
-    """User + system CPU seconds of the running processes of a process group (a broker started by
-    start_noida: its launcher and the broker it runs); OSError when its leader cannot be read."""
-    total = process_cpu_s(pgid)
+def group_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process and, when it leads a process group, of the group's
+    other processes (a broker started by start_noida: its launcher and the broker it runs); OSError when
+    `pid` cannot be read."""
+    total = process_cpu_s(pid)
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        if stat.parent.name == str(pid):
+            continue
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(stat)
         except OSError:
             continue  # a process that ended meanwhile
-        if int(fields[2]) == pgid and stat.parent.name != str(pgid):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if int(fields[2]) == pid:  # its process group
+            total += _stat_cpu_s(fields)
     return total
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...)."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
+def _stat_cpu_s(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
