@@ -56,9 +56,8 @@ class FeatureStore:
             Column("pixel_coords", "<i2", (2,), ragged=True),
         ]
 
-    def _check(self, det_id: str, f: CropFeatures) -> str | None:
-        """Why these features do not fit the store's columns, or None."""
-        cols = self.store.columns
+    def _check(self, det_id: str, f: CropFeatures, cols: dict[str, Column]) -> str | None:
+        """Why these features do not fit `cols` (the store's columns), or None."""
         want = {
             "instance": tuple(f.instance.shape),
             "parts": tuple(f.parts.shape),
@@ -74,6 +73,16 @@ class FeatureStore:
         if f.pixel_coords.shape != (len(f.pixels), 2):
             return f"features of {det_id}: {len(f.pixels)} pixels but pixel_coords {f.pixel_coords.shape}"
         return None
+
+    def misfits(self, items: Sequence[tuple[str, CropFeatures]]) -> dict[str, str]:
+        """Of `items`, those `save_many` would refuse (detection id: reason): features that do not fit the
+        store's sizes (before the store exists: the first item's)."""
+        batch = [(det_id, f) for det_id, f in items if f.parts is not None and f.pixels is not None]
+        if not batch:
+            return {}
+        first = batch[0][1]
+        cols = self.store.columns if self.store.exists else {c.name: c for c in self._columns(first)}
+        return {det_id: why for det_id, f in batch if (why := self._check(det_id, f, cols))}
 
     def save(self, camera_id: str, det_id: str, features: CropFeatures) -> Path | None:
         """Write one detection's part and pixel features (one commit); None (nothing written) when the
@@ -95,7 +104,7 @@ class FeatureStore:
             return {}
         if not self.store.exists:
             self.store.create(self._columns(next(iter(batch.values()))), {})
-        refused = {det_id: why for det_id, f in batch.items() if (why := self._check(det_id, f))}
+        refused = self.misfits(list(batch.items()))
         batch = {det_id: f for det_id, f in batch.items() if det_id not in refused}
         if not batch:
             return refused

@@ -1,9 +1,11 @@
 """The identity side of the matcher: feed indexed crops to their tracklets, decide identities when a
 tracklet is long enough and when it ends, send each event to the identities topic and save the state.
 
-Order per batch (at-least-once): events are sent and flushed, then the state is saved, then (in the
-caller) the offsets are committed. A crash before the save replays the batch and sends the same events
-again (same seq, same ids); a crash after it finds every crop already counted.
+Order per batch (at-least-once): each decision's events are sent as soon as it is made (`decide`; the
+matcher decides before it writes the batch's features and index rows, so an event does not wait for those
+writes), then flushed and the state saved (`save`), then (in the caller) the offsets are committed. A crash
+before the save replays the batch and sends the same events again (same seq, same ids); a crash after it
+finds every crop already counted.
 """
 
 from __future__ import annotations
@@ -70,22 +72,41 @@ class IdentityService:
             metrics.tracklet_input_refused.labels(reason)
 
     def add(self, records: list[tuple[FeatureRecord, str] | Detection]) -> list[IdentityEvent]:
+        """`decide` then `save`: the records' decisions, sent, flushed and saved."""
+        events = self.decide(records)
+        self.save(events)
+        return events
+
+    def decide(self, records: list[tuple[FeatureRecord, str] | Detection]) -> list[IdentityEvent]:
         """Add indexed crops (record, thumbnail path) and sightings (a shed crop's Detection: its tracklet
-        goes on), in stream order; decide what became long enough or ended."""
+        goes on), in stream order; decide what became long enough or ended. Each decision's events are
+        sent when it is made, not flushed and not saved: call `save` before committing the records."""
         now = time.time()
         self.store.apply_erasures(self.tracklets, self.identities)
         events: list[IdentityEvent] = []
         for item in records:  # decisions after every crop: the same records, the same identities
+            decided: list[IdentityEvent] = []
             if isinstance(item, Detection):
                 self.tracklets.sighted(item, now)
             else:
                 rec, thumbnail = item
                 t = self.tracklets.add(rec, thumbnail, now)
                 if t is not None and not t.decided and not t.ended and t.n_crops >= self.cfg.min_crops:
-                    events += self.identities.decide(t, ended=False, now=time.time())
-            events += self._ended(self.tracklets.due())  # stream time only: a backlog is not idleness
-        self._publish(events)
+                    decided += self.identities.decide(t, ended=False, now=time.time())
+            decided += self._ended(self.tracklets.due())  # stream time only: a backlog is not idleness
+            self._send(decided)
+            events += decided
         return events
+
+    def save(self, events: list[IdentityEvent]) -> None:
+        """Flush the events sent by `decide` and save the state with them (then the caller commits)."""
+        self.producer.flush()
+        self.store.save(self.tracklets, self.identities, events)
+        self._evict()
+        for reason, n in self.tracklets.counts.items():
+            if n > self._counted.get(reason, 0):
+                self.metrics.tracklet_input_refused.labels(reason).inc(n - self._counted.get(reason, 0))
+                self._counted[reason] = n
 
     def tick(self) -> list[IdentityEvent]:
         """Decide the tracklets that ended while no crop came (call after a poll that came back empty)."""
@@ -134,16 +155,14 @@ class IdentityService:
         self.tracklets.evict(gone, horizon)
 
     def _publish(self, events: list[IdentityEvent]) -> None:
+        self._send(events)
+        self.save(events)
+
+    def _send(self, events: list[IdentityEvent]) -> None:
+        """To the identities topic, keyed by tracklet (not flushed)."""
         for e in events:
             self.producer.send(self.topic, encode_identity(e), key=e.tracklet_id.encode())
             self.metrics.identity_events.labels(e.kind).inc()
             t = self.tracklets.tracklets.get(e.tracklet_id)
             if e.ended and t is not None and t.read_at > 0:
                 self.metrics.tracklet_end_to_identity.observe(e.decided_at - t.read_at)
-        self.producer.flush()
-        self.store.save(self.tracklets, self.identities, events)
-        self._evict()
-        for reason, n in self.tracklets.counts.items():
-            if n > self._counted.get(reason, 0):
-                self.metrics.tracklet_input_refused.labels(reason).inc(n - self._counted.get(reason, 0))
-                self._counted[reason] = n

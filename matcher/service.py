@@ -19,7 +19,7 @@ from matcher.thumbnails import ThumbnailStore
 from matcher.tombstones import Tombstones
 from pgr.consume_loop import dead_letter, reason
 from pgr.errors import IndexUnavailable, StorageUnavailable
-from pgr.messages import Detection, FeatureRecord, MalformedRecord, decode_features_topic
+from pgr.messages import Detection, FeatureRecord, IdentityEvent, MalformedRecord, decode_features_topic
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
 
@@ -109,9 +109,12 @@ class MatcherWorker:
     def _write(
         self, records: dict[str, tuple[Message, FeatureRecord]], sightings: list[tuple[Message, Detection]]
     ) -> None:
-        """Thumbnails, features and index rows of the accepted records; dead-letters what they refuse."""
+        """Thumbnails, identities, features and index rows of the accepted records; dead-letters what they
+        refuse. The identity decisions come before the feature and index writes (their events go out
+        without waiting for those); the identity state is saved after them, before the caller commits."""
         t0 = time.perf_counter()
-        rows, thumbs, crops = [], {}, []
+        thumbs: dict[str, str] = {}
+        crops = []
         for msg, rec in list(records.values()):
             det = rec.detection
             try:
@@ -123,31 +126,32 @@ class MatcherWorker:
                 self._dead(msg, exc)
                 del records[det.detection_id]
                 continue
-            rows.append(IndexRow(det, str(thumb), rec.model, rec.instance))
             thumbs[det.detection_id] = str(thumb)
-        # one commit for the batch's features; a full disk raises here (nothing committed, records come again)
-        for det_id, why in self.features.save_many(crops).items():
+        # features that do not fit the store: out before the identities take them
+        for det_id, why in self.features.misfits(crops).items():
             msg, rec = records.pop(det_id)
             self.thumbnails.remove(rec.detection.camera_id, det_id)
-            rows = [r for r in rows if r.detection.detection_id != det_id]
             self._dead(msg, MalformedRecord(why))
+        crops = [(det_id, f) for det_id, f in crops if det_id in records]
+        events = self._decide(records, sightings, thumbs)
+        # one commit for the batch's features; a full disk raises here (nothing committed, records come again)
+        for det_id, why in self.features.save_many(crops).items():  # none: misfits are out
+            msg, rec = records.pop(det_id)
+            self.thumbnails.remove(rec.detection.camera_id, det_id)
+            self._dead(msg, MalformedRecord(why))
+        rows = [IndexRow(r.detection, thumbs[i], r.model, r.instance) for i, (_, r) in records.items()]
         refused = self._upsert(rows)
         self.metrics.index_write_errors.labels("refused").inc(len(refused))
+        # a crop refused here stays in its tracklet, decided above (_accept already refuses what the embedded
+        # index would: another size or model; decoding, a non-finite or zero vector)
         for det_id, why in refused.items():
             msg, rec = records.pop(det_id)
             self.thumbnails.remove(rec.detection.camera_id, det_id)  # files only for indexed rows
             self._dead(msg, MalformedRecord(why))
         self.features.delete([det_id for det_id in thumbs if det_id not in records])
         self.producer.flush()
-        self.metrics.sightings.inc(len(sightings))
         if self.identities is not None:  # after the index write, before the commit
-            items: list[tuple[Message, Detection, tuple[FeatureRecord, str] | Detection]] = [
-                (msg, rec.detection, (rec, thumbs[rec.detection.detection_id]))
-                for msg, rec in records.values()
-            ]
-            items += [(msg, det, det) for msg, det in sightings]
-            items.sort(key=lambda item: (item[1].timestamp, item[0].offset))
-            self.identities.add([item for _, _, item in items])
+            self.identities.save(events)
         erased = self._drop_erased(records)  # erased while this batch was being written: undo its writes
         for rec in erased:
             self.thumbnails.remove(rec.detection.camera_id, rec.detection.detection_id)
@@ -165,6 +169,23 @@ class MatcherWorker:
             if rec.detection.read_at > 0:
                 self.metrics.end_to_end_latency.observe(now - rec.detection.read_at)
         self._count_gallery()
+
+    def _decide(
+        self,
+        records: dict[str, tuple[Message, FeatureRecord]],
+        sightings: list[tuple[Message, Detection]],
+        thumbs: dict[str, str],
+    ) -> list[IdentityEvent]:
+        """The identity decisions of the batch's crops and sightings, in stream order (events sent)."""
+        self.metrics.sightings.inc(len(sightings))
+        if self.identities is None:
+            return []
+        items: list[tuple[Message, Detection, tuple[FeatureRecord, str] | Detection]] = [
+            (msg, rec.detection, (rec, thumbs[rec.detection.detection_id])) for msg, rec in records.values()
+        ]
+        items += [(msg, det, det) for msg, det in sightings]
+        items.sort(key=lambda item: (item[1].timestamp, item[0].offset))
+        return self.identities.decide([item for _, _, item in items])
 
     def tick(self) -> None:
         """Between polls: decide the tracklets that ended while nothing came."""

@@ -175,6 +175,75 @@ def test_redelivered_records_found_no_second_identity(pets, tmp_path):
     reference.close()
 
 
+def test_events_go_out_before_the_writes_and_a_failed_write_sends_the_same_again(pets, tmp_path, small_disk):
+    """The matcher decides a batch's identities before it writes the batch's features and index rows, so an
+    event does not wait for those writes. When a write then fails (a full disk), nothing of the batch is
+    saved: it comes again after the restart, its events are sent again with the same ids and seq, and the
+    identities are those of a run that never failed."""
+    from matcher.embedded_index import EmbeddedIndex
+    from matcher.feature_store import FeatureStore
+    from matcher.service import MatcherWorker
+    from matcher.thumbnails import ThumbnailStore
+    from pgr.errors import StorageUnavailable
+
+    settings, records, _, _ = pets
+    batch = 8
+    reference = IdentityStore(tmp_path / "reference.sqlite")
+    ref = _service(settings, reference, idle_end_s=1e9)
+    decided = [ref.add([(r, "") for r in records[i : i + batch]]) for i in range(0, len(records), batch)]
+    ref.finish()
+    want = _partition(reference)
+    want_events = [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in reference.events()]
+    reference.close()
+    failing = next(k for k, events in enumerate(decided) if k > 0 and events)  # a batch that decides
+
+    bus = InProcessBus(10**6)
+    producer = bus.producer()
+    for r in records:
+        producer.send("features", encode_feature(r))
+    messages = bus.records("features")
+    cfg = settings.matcher.identities.model_copy(update={"idle_end_s": 1e9})
+    retrieval = RetrievalParams.from_settings(settings.matcher)
+    index = EmbeddedIndex(tmp_path / "index", dim=records[0].instance.shape[0], model=records[0].model)
+
+    def matcher() -> tuple[MatcherWorker, IdentityStore]:
+        store = IdentityStore(tmp_path / "ids.sqlite")
+        ids = IdentityService(cfg, retrieval, store, producer, "ids", PipelineMetrics())
+        features = FeatureStore(small_disk.path / "features")
+        thumbs = ThumbnailStore(tmp_path / "thumbs")
+        worker = MatcherWorker(
+            index, thumbs, features, producer, "dlq", PipelineMetrics(), records[0].model, identities=ids
+        )
+        return worker, store
+
+    worker, store = matcher()
+    for k in range(failing):
+        worker.handle(messages[k * batch : (k + 1) * batch])
+    saved = len(store.events())
+    small_disk.fill(keep_free=0)
+    with pytest.raises(StorageUnavailable, match="No space left"):
+        worker.handle(messages[failing * batch : (failing + 1) * batch])
+    sent = [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in map(decode_identity, _values(bus, "ids"))]
+    assert len(store.events()) == saved  # the failing batch saved nothing
+    assert sent[saved:] == want_events[saved : len(sent)] and len(sent) > saved  # but its events went out
+    store.close()
+
+    small_disk.free()
+    worker, store = matcher()  # the restart: the uncommitted batch comes again, then the rest
+    for k in range(failing, -(-len(records) // batch)):
+        worker.handle(messages[k * batch : (k + 1) * batch])
+    worker.finish()
+    again = [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in map(decode_identity, _values(bus, "ids"))]
+    assert again[len(sent) : 2 * len(sent) - saved] == sent[saved:]  # the same events, sent again
+    assert [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in store.events()] == want_events
+    assert _partition(store) == want and not bus.records("dlq")
+    store.close()
+
+
+def _values(bus: InProcessBus, topic: str) -> list[bytes]:
+    return [m.value for m in bus.records(topic)]
+
+
 def _committed_events(path: Path) -> int:
     """Identity events committed to the store at `path` (read-only, beside the matcher that writes it)."""
     try:
