@@ -94,12 +94,15 @@ class IdentityBook:
 
     def in_window(self, t: Tracklet) -> list[str]:
         """Identities with a tracklet (other than T) seen within the window before T, sorted."""
-        since, tid = t.first_seen - self.params.window_s, t.tracklet_id
+        since, tid, tracklets = t.first_seen - self.params.window_s, t.tracklet_id, self.tracklets
         out = []
+        # any member but T seen since; a loop that stops at the first (every decision runs it over every
+        # identity held)
         for ident, members in self.members.items():
-            last = max((self.tracklets[m].last_seen for m in members if m != tid), default=-np.inf)
-            if last >= since:
-                out.append(ident)
+            for m in members:
+                if m != tid and tracklets[m].last_seen >= since:
+                    out.append(ident)
+                    break
         return sorted(out)
 
     def candidates(self, t: Tracklet) -> list[str]:
@@ -154,11 +157,12 @@ class IdentityBook:
 
     def _sum_without(self, identity_id: str, tracklet_id: str) -> np.ndarray:
         """The sum of the identity's tracklet features but T's (cached while its members do not change)."""
-        members = self.members[identity_id]
-        key = tuple((m, self.tracklets[m].n_crops) for m in members)  # changes when a member grows
+        members, tracklets = self.members[identity_id], self.tracklets
+        # the members and their crop counts: a tracklet's feature changes only with a crop added
+        key = (tuple(members), [tracklets[m].n_crops for m in members])
         cached = self._sums.get(identity_id)
         if cached is None or cached[0] != key:
-            total = np.sum([self.tracklets[m].feature.astype(np.float64) for m in members], axis=0)
+            total = np.sum([tracklets[m].feature.astype(np.float64) for m in members], axis=0)
             cached = self._sums[identity_id] = (key, total)
         if tracklet_id in members:
             return cached[1] - self.tracklets[tracklet_id].feature

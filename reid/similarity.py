@@ -201,5 +201,7 @@ def s_pixel(
     step = max(1, chunk_elems // (2 * n * m + (n + m) * d))
     for start in range(0, qi.numel(), step):
         a, b = qi[start : start + step], gi[start : start + step]
-        out[start : start + step] = _pixel_score(xq[a], cq[a], qm[a], _unit(gallery_pixels[b]), gm[b], eps)
+        used, at = torch.unique(b, return_inverse=True)  # each gallery item normalised once per chunk
+        xg = _unit(gallery_pixels[used])[at]
+        out[start : start + step] = _pixel_score(xq[a], cq[a], qm[a], xg, gm[b], eps)
     return _squeeze_if(unbatched, out.view(shape))
