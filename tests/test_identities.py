@@ -370,6 +370,34 @@ def test_bad_input_is_counted_not_crashed_on(pets, tmp_path):
     store.close()
 
 
+def test_kept_features_blob_round_trip_and_earlier_npz_stores(pets):
+    """The identity store's blob of a tracklet's kept crops gives back every array exactly (dtype, shape, an
+    empty pixel set too), and a blob of an earlier store (an .npz) still reads."""
+    import io
+
+    from matcher.tracklets import KeptCrop, features_from_bytes, features_to_bytes
+
+    _, records, _, _ = pets
+    feats = [r.crop_features() for r in records[:3]]
+    empty = dataclasses.replace(feats[2], pixels=feats[2].pixels[:0], pixel_coords=feats[2].pixel_coords[:0])
+    kept = [KeptCrop(f"d{i}", 0.0, 1.0, "", f) for i, f in enumerate([*feats[:2], empty])]
+    names = ("instance", "parts", "part_visibility", "pixels", "pixel_coords")
+
+    def same(a, b) -> bool:
+        return all(
+            getattr(a, k).dtype == getattr(b, k).dtype and np.array_equal(getattr(a, k), getattr(b, k))
+            for k in names
+        )
+
+    back = features_from_bytes(features_to_bytes(kept), 3)
+    assert all(same(c.features, f) for c, f in zip(kept, back, strict=True))
+    assert back[2].pixels.shape == (0, feats[2].pixels.shape[1])
+    back[0].pixels[:] = 0  # writable copies
+    npz = io.BytesIO()
+    np.savez(npz, **{f"{i}_{k}": getattr(c.features, k) for i, c in enumerate(kept) for k in names})
+    assert all(same(c.features, f) for c, f in zip(kept, features_from_bytes(npz.getvalue(), 3), strict=True))
+
+
 def test_quality_prefers_large_sharp_whole_crops(pets):
     _, records, _, _ = pets
     jpeg = max(records, key=lambda r: r.detection.box[3] - r.detection.box[1]).jpeg
