@@ -350,11 +350,10 @@ def features_from_bytes(raw: bytes, n: int) -> list[CropFeatures]:
     if not raw.startswith(_RAW_MAGIC):
         with np.load(io.BytesIO(raw)) as z:
             return [CropFeatures(**{k: z[f"{i}_{k}"] for k in _FEATURE_FIELDS}) for i in range(n)]
-    at = len(_RAW_MAGIC) + 4
-    size = int.from_bytes(raw[len(_RAW_MAGIC) : at], "little")
+    start = len(_RAW_MAGIC) + 4  # the header, after its 4-byte length
+    at = start + int.from_bytes(raw[len(_RAW_MAGIC) : start], "little")  # the arrays, after the header
     arrays = []
-    at += size
-    for dtype, shape in json.loads(raw[at - size : at]):
+    for dtype, shape in json.loads(raw[start:at]):
         a = np.frombuffer(raw, dtype=np.dtype(dtype), count=math.prod(shape), offset=at).reshape(shape)
         arrays.append(a.copy())  # writable, and not a view that keeps the whole blob alive
         at += a.nbytes

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_events_go_out_before_the_writes_and_a_failed_write_sends_the_same_again
     decided = [ref.add([(r, "") for r in records[i : i + batch]]) for i in range(0, len(records), batch)]
     ref.finish()
     want = _partition(reference)
-    want_events = [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in reference.events()]
+    want_events = _event_keys(reference.events())
     reference.close()
     failing = next(k for k, events in enumerate(decided) if k > 0 and events)  # a batch that decides
 
@@ -223,7 +224,7 @@ def test_events_go_out_before_the_writes_and_a_failed_write_sends_the_same_again
     small_disk.fill(keep_free=0)
     with pytest.raises(StorageUnavailable, match="No space left"):
         worker.handle(messages[failing * batch : (failing + 1) * batch])
-    sent = [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in map(decode_identity, _values(bus, "ids"))]
+    sent = _event_keys(decode_identity(m.value) for m in bus.records("ids"))
     assert len(store.events()) == saved  # the failing batch saved nothing
     assert sent[saved:] == want_events[saved : len(sent)] and len(sent) > saved  # but its events went out
     store.close()
@@ -233,15 +234,16 @@ def test_events_go_out_before_the_writes_and_a_failed_write_sends_the_same_again
     for k in range(failing, -(-len(records) // batch)):
         worker.handle(messages[k * batch : (k + 1) * batch])
     worker.finish()
-    again = [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in map(decode_identity, _values(bus, "ids"))]
+    again = _event_keys(decode_identity(m.value) for m in bus.records("ids"))
     assert again[len(sent) : 2 * len(sent) - saved] == sent[saved:]  # the same events, sent again
-    assert [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in store.events()] == want_events
+    assert _event_keys(store.events()) == want_events
     assert _partition(store) == want and not bus.records("dlq")
     store.close()
 
 
-def _values(bus: InProcessBus, topic: str) -> list[bytes]:
-    return [m.value for m in bus.records(topic)]
+def _event_keys(events: Iterable[IdentityEvent]) -> list[tuple[str, str, str, int]]:
+    """What identifies each event (kind, identity, tracklet, seq), in order."""
+    return [(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in events]
 
 
 def _committed_events(path: Path) -> int:
@@ -263,7 +265,7 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
     _feed(ref, records)
     ref.finish()
     want = _partition(reference)
-    want_events = {(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in reference.events()}
+    want_events = set(_event_keys(reference.events()))
     reference.close()
 
     run = time.time_ns()
@@ -319,7 +321,7 @@ def test_matcher_killed_mid_replay_ends_with_the_same_identities(
     assert successor.stop() == 0
     assert first_offset(kafka_bootstrap, topics.features) > 0, "the matcher deleted none of what it read"
     got = _partition(store)
-    got_events = {(e.kind, e.identity_id, e.tracklet_id, e.seq) for e in store.events()}
+    got_events = set(_event_keys(store.events()))
     counts = store.counts()
     store.close()
     assert 0 < decided_before_kill < len(want_events), "the kill landed mid-replay"
