@@ -13,7 +13,11 @@ Later evidence: a tracklet decided early (when long enough) is decided again at 
 to another identity, or merge its identity with another when it still matches its own at `merge_threshold`
 or above; and a tracklet that matches two identities at or above `merge_threshold` (a bridge: one person
 seen by two cameras whose views did not match, and then by a third that matches both) merges them, unless
-they conflict. Every merge needs `merge_threshold`, a join only `threshold`.
+they conflict. Every merge needs `merge_threshold`, a join only `threshold`. With `shared_camera_direct`, a
+merge of two identities that were both seen on one camera also needs them to match each other without T
+(`direct`: their kept crops against each other) at `threshold`: seen by the same camera, one person's
+views agree, so when those two do not, one tracklet's few crops must not tie them together (on the Duke
+training replay this keeps IDF1 and raises precision; RESULTS.md, IDENTITIES).
 
 Candidates: identities with a tracklet seen within `window_s` before T began, and no conflict with T: an
 identity is never on one camera twice at once, nor on two cameras whose fields of view do not overlap
@@ -46,6 +50,7 @@ class IdentityParams:
 
     threshold: float = 0.78
     merge_threshold: float | None = 0.80  # bridge merges at or above this (None: `threshold`)
+    shared_camera_direct: bool = True  # merging identities seen on one camera needs a direct match too
     window_s: float = 1800.0
     candidates: int = 5
     instance_only: bool = False
@@ -126,30 +131,45 @@ class IdentityBook:
                 top.append(identities[i])
         crops, owners = [], []
         for ident in top:
-            kept = [c for m in self.members[ident] if m != t.tracklet_id for c in self.tracklets[m].best]
-            kept = sorted(kept, key=lambda c: (-c.quality, c.detection_id))[: self.params.crops_per_identity]
-            crops += [c.features for c in kept]
+            kept = self._kept_crops(ident, t.tracklet_id)
+            crops += kept
             owners += [ident] * len(kept)
         if not t.best or not crops:  # no parts/pixels (a model without them): the tracklet features decide
             return {ident: float(stage0[identities.index(ident)]) for ident in top}
-        query = GalleryFeatures.from_crop_features([c.features for c in t.best])
-        gallery = GalleryFeatures.from_crop_features(crops)
-        if self.params.instance_only:
-            pair = s_ins(query.instances, gallery.instances)
-        else:
-            n = len(gallery)
-            p = self.params.retrieval
-            result = progressive_retrieval(
-                query, gallery, RetrievalParams(n, p.a1, n, p.a2, p.eps, p.part_score)
-            )
-            pair = torch.empty_like(result.score).scatter_(1, result.indices, result.score)
-        pair_np = pair.numpy()
+        pair_np = self._pair_scores([c.features for c in t.best], crops)
         out = {}
         for ident in top:
             cols = [j for j, o in enumerate(owners) if o == ident]
             if cols:
                 out[ident] = float(pair_np[:, cols].max(axis=1).mean())
         return out
+
+    def direct(self, a: str, b: str, without: str) -> float:
+        """How well identities A and B match each other without tracklet `without` (the one that would
+        merge them): the mean, both ways, of each kept crop's best score among the other's; the cosine of
+        their features (s_ins) when either has no kept crops with parts and pixels."""
+        crops_a, crops_b = self._kept_crops(a, without), self._kept_crops(b, without)
+        if not crops_a or not crops_b:
+            fa, fb = (torch.from_numpy(self._feature_without(i, without))[None] for i in (a, b))
+            return float(s_ins(fa, fb)[0, 0])
+        pair = self._pair_scores(crops_a, crops_b)
+        return float(0.5 * (pair.max(axis=1).mean() + pair.max(axis=0).mean()))
+
+    def _kept_crops(self, identity_id: str, without: str) -> list:
+        """The identity's best kept crops' features (`crops_per_identity`), tracklet `without`'s left out."""
+        kept = [c for m in self.members[identity_id] if m != without for c in self.tracklets[m].best]
+        kept = sorted(kept, key=lambda c: (-c.quality, c.detection_id))[: self.params.crops_per_identity]
+        return [c.features for c in kept]
+
+    def _pair_scores(self, query: list, gallery: list) -> np.ndarray:
+        """Every query crop against every gallery crop: progressive retrieval with N1 = N2 = all of them
+        (every score a stage-2 score), or s_ins alone with `instance_only`."""
+        q, g = GalleryFeatures.from_crop_features(query), GalleryFeatures.from_crop_features(gallery)
+        if self.params.instance_only:
+            return s_ins(q.instances, g.instances).numpy()
+        n, p = len(g), self.params.retrieval
+        result = progressive_retrieval(q, g, RetrievalParams(n, p.a1, n, p.a2, p.eps, p.part_score))
+        return torch.empty_like(result.score).scatter_(1, result.indices, result.score).numpy()
 
     def _feature_without(self, identity_id: str, tracklet_id: str) -> np.ndarray:
         f = self._sum_without(identity_id, tracklet_id)
@@ -202,7 +222,7 @@ class IdentityBook:
             return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
         # merging two identities needs the merge threshold: a tracklet's join just above `threshold` must not
         # take a whole identity along when its end shows it belongs elsewhere
-        if scores.get(current, 0.0) >= self._merge_limit and not self._identities_conflict(current, best):
+        if scores.get(current, 0.0) >= self._merge_limit and self._may_merge(current, best, t):
             return [self._merge(t, current, best, scores[best], ended, now)]
         self.members[current].remove(t.tracklet_id)
         return [self._join(t, best, "moved", scores[best], ended, now, previous=current)]
@@ -216,7 +236,7 @@ class IdentityBook:
             mine = self.owner[t.tracklet_id]
             if scores[other] < limit or other == mine or other not in self.members:
                 continue
-            if not self._identities_conflict(other, mine):
+            if self._may_merge(other, mine, t):
                 events.append(self._merge(t, mine, other, scores[other], ended, now))
         return events
 
@@ -239,6 +259,19 @@ class IdentityBook:
                     del self.owner[m], self.tracklets[m]
                 gone += members
         return gone
+
+    def _may_merge(self, a: str, b: str, t: Tracklet) -> bool:
+        """Whether T's evidence may merge identities A and B: no conflict between them, and (with
+        `shared_camera_direct`, when both were seen on one camera) they match each other without T."""
+        if self._identities_conflict(a, b):
+            return False
+        if not self.params.shared_camera_direct or not self._cameras(a, t) & self._cameras(b, t):
+            return True
+        return self.direct(a, b, t.tracklet_id) >= self.params.threshold
+
+    def _cameras(self, identity_id: str, t: Tracklet) -> set[str]:
+        """The cameras the identity's tracklets other than T were seen on."""
+        return {self.tracklets[m].camera_id for m in self.members[identity_id] if m != t.tracklet_id}
 
     def _identities_conflict(self, a: str, b: str) -> bool:
         return any(self.conflicts(self.tracklets[m], b) for m in self.members[a])

@@ -31,6 +31,7 @@ def identity_params(cfg: IdentitySettings, retrieval: RetrievalParams) -> Identi
     return IdentityParams(
         threshold=cfg.threshold,
         merge_threshold=cfg.merge_threshold,
+        shared_camera_direct=cfg.shared_camera_direct,
         window_s=cfg.window_s,
         candidates=cfg.candidates,
         instance_only=cfg.instance_only,

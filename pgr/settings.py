@@ -290,6 +290,12 @@ class IdentitySettings(StrictModel):
         "above it bridges them, and one that moves at its end takes its old identity along only at or above "
         "it (None: threshold; calibrated with threshold)",
     )
+    shared_camera_direct: bool = Field(
+        True,
+        description="a merge of two identities both seen on one camera also needs them to match each other "
+        "at threshold without the tracklet that bridges them (RESULTS.md IDENTITIES: chosen on the "
+        "DukeMTMC-reID training replay)",
+    )
     instance_only: bool = Field(False, description="match with the instance feature alone (no parts/pixels)")
     candidates: int = Field(5, ge=1, description="identities re-ranked with parts and pixels")
     cameras: list[str] | None = Field(

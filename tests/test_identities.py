@@ -464,6 +464,29 @@ def test_a_merge_needs_the_merge_threshold_a_join_only_the_threshold():
     assert run(0.785) == (["joined", "merged"], {frozenset({"a:t1", "b:t1", "c:t1"})})
 
 
+def test_a_bridge_between_two_identities_of_one_camera_needs_them_to_match_each_other():
+    """Identities A and B, both seen on camera x, do not match each other (s_ins 0.5); a tracklet on camera
+    y matches both at 0.82, above the merge threshold. With `shared_camera_direct` it joins one and the two
+    stay apart; without it, or when B was seen on another camera, it merges them."""
+    a, b = np.eye(8)[0], np.eye(8)[1]
+    cos = 2 * 0.82 - 1  # s_ins = (1 + cos) / 2 = 0.82 against each
+    both = np.array([cos, cos, np.sqrt(1 - 2 * cos**2), 0, 0, 0, 0, 0])
+
+    def tracklet(tid: str, feature: np.ndarray, first: float) -> Tracklet:
+        return Tracklet(tid, tid.split(":")[0], 1, first, first + 10.0, 0, feature, n_crops=1)
+
+    def run(direct: bool, b_camera: str) -> tuple[list[str], set[frozenset[str]]]:
+        book = IdentityBook(IdentityParams(threshold=0.78, merge_threshold=0.80, shared_camera_direct=direct))
+        book.decide(tracklet("x:t1", a, 0.0), ended=True, now=1.0)
+        book.decide(tracklet(f"{b_camera}:t2", b, 30.0), ended=True, now=1.0)
+        kinds = [e.kind for e in book.decide(tracklet("y:t1", both, 100.0), ended=True, now=2.0)]
+        return kinds, {frozenset(m) for m in book.members.values()}
+
+    assert run(True, "x") == (["joined"], {frozenset({"x:t1"}), frozenset({"x:t2", "y:t1"})})
+    assert run(False, "x") == (["joined", "merged"], {frozenset({"x:t1", "x:t2", "y:t1"})})
+    assert run(True, "z") == (["joined", "merged"], {frozenset({"x:t1", "z:t2", "y:t1"})})
+
+
 def test_identity_event_record_round_trip_and_refusals():
     ev = IdentityEvent("moved", "id:pets:t3", "pets:t9", "pets", 10.0, 20.0, 0.91, 7, "id:pets:t1")
     assert decode_identity(encode_identity(ev)) == ev

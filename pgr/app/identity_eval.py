@@ -4,7 +4,8 @@
         [--minutes M --start S] [--speed 10] [--threshold T] [--instance-only] [--sample-every S]
         [--shed-after A --shed-every S] [--reid-process]
     python -m pgr.app.identity_eval calibrate --dataset dukemtmc [--config FILE] [--maps DIR] [--grid ...]
-        [--merge-delta ...] [--sample-every ...] [--window ...] [--modes pgr instance] [--jobs 2]
+        [--merge-delta ...] [--sample-every ...] [--window ...] [--shared-camera-direct on off]
+        [--modes pgr instance] [--jobs 2]
     python -m pgr.app.identity_eval topology --dataset dukemtmc      # camera topology from the training split
     python -m pgr.app.identity_eval memory --dataset dukemtmc        # the matcher's memory on a long stream
     python -m pgr.app.identity_eval search --dataset dukemtmc        # what sampling costs the search
@@ -821,11 +822,12 @@ def _torch_threads(n: int) -> None:
 
 def _calibration_row(job: tuple) -> dict:
     """One point of the calibration grid (run in a worker process)."""
-    args, base, retrieval, records, crops, every, instance_only, threshold, delta, window = job
+    args, base, retrieval, records, crops, every, instance_only, threshold, delta, window, shared = job
     args.instance_only = instance_only
     overrides = identity_overrides(args, threshold, 1e9)  # offline: only stream time ends a tracklet
     overrides["merge_threshold"] = min(threshold + delta, 1.0)
     overrides["window_s"] = window
+    overrides["shared_camera_direct"] = shared
     cfg = base.model_validate({**base.model_dump(), **overrides})
     kept = sampled(
         records,
@@ -855,6 +857,7 @@ def _calibration_row(job: tuple) -> dict:
         "threshold": threshold,
         "merge_threshold": overrides["merge_threshold"],
         "window_s": window,
+        "shared_camera_direct": shared,
         **{k: score[k] for k in keys},
     }
 
@@ -875,13 +878,15 @@ def run_calibration(args) -> dict:
     modes = [m == "instance" for m in args.modes]
     retrieval = RetrievalParams.from_settings(settings.matcher)
     base = settings.matcher.identities
+    shared = [v == "on" for v in args.shared_camera_direct] if args.shared_camera_direct else None
     jobs = [
-        (args, base, retrieval, records, crops, every, m, t, d, w)
+        (args, base, retrieval, records, crops, every, m, t, d, w, sc)
         for every in args.sample_every
         for m in modes
         for t in args.grid
         for d in args.merge_delta
         for w in args.window or [base.window_s]
+        for sc in shared or [base.shared_camera_direct]
     ]
     table = []
     # one job runs here; more run in fresh (spawned) processes: a forked child of a process whose torch and
@@ -904,7 +909,14 @@ def run_calibration(args) -> dict:
             precise = [r for r in rows if r["pair_precision"] >= args.min_precision] or rows
             top = max(precise, key=lambda r: (r["idf1"], r["threshold"], r["merge_threshold"], r["window_s"]))
             name = f"{'instance_only' if m else 'pgr'}@{every:g}s"
-            keys = ("threshold", "merge_threshold", "window_s", "idf1", "pair_precision")
+            keys = (
+                "threshold",
+                "merge_threshold",
+                "window_s",
+                "shared_camera_direct",
+                "idf1",
+                "pair_precision",
+            )
             best[name] = {k: top[k] for k in keys}
     return {
         "dataset": args.dataset,
@@ -1141,6 +1153,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     calibrate.add_argument(
         "--modes", nargs="+", choices=["pgr", "instance"], default=["pgr", "instance"], help="matching"
+    )
+    calibrate.add_argument(
+        "--shared-camera-direct",
+        nargs="+",
+        choices=["on", "off"],
+        help="matcher.identities.shared_camera_direct values to compare (default: the config's)",
     )
     calibrate.add_argument(
         "--held-out",
