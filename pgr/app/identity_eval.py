@@ -9,6 +9,7 @@
     python -m pgr.app.identity_eval topology --dataset dukemtmc      # camera topology from the training split
     python -m pgr.app.identity_eval memory --dataset dukemtmc        # the matcher's memory on a long stream
     python -m pgr.app.identity_eval search --dataset dukemtmc        # what sampling costs the search
+    python -m pgr.app.identity_eval wrong-pairs --dataset dukemtmc   # which events made the wrong pairs
 
 `replay` publishes a re-ID test set (query + gallery; training split with `--split train`) as one camera
 stream per camera, in the order of the frame numbers in the file names (DukeMTMC: 60 fps, synchronised
@@ -40,6 +41,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -516,33 +518,20 @@ def score_store(
     wall time; else the read time of the last crop the matcher saw) to the decision at its tracklet's end.
     """
     truth = {c.detection_id: c.pid for c in crops}
-    predicted: dict[str, str] = {}
-    segments: dict[str, list[tuple[float, float, str]]] = {}
     read_at: dict[str, float] = {}
     arrived_at: dict[str, float] = {}
-    rows = store.db.execute(
-        "SELECT tracklet_id, identity_id, first_seen, last_seen, meta FROM tracklets"
-    ).fetchall()
-    rows = [r for r in rows if not r[0].startswith(f"{WARMUP}:")]
-    for tid, ident, first, last, meta in rows:
+    rows = tracklet_rows(store)
+    identity_of = {tid: ident or f"none:{tid}" for tid, ident, _, _, _ in rows}
+    for tid, _, _, _, meta in rows:
         m = json.loads(meta)
-        ident = ident or f"none:{tid}"
         key = tid.split("+")[0]
-        segments.setdefault(key, []).append((first, last, ident))
         read_at[key] = max(read_at.get(key, 0.0), m["read_at"])
         arrived_at[key] = max(arrived_at.get(key, 0.0), m["arrived_at"])
-        for det in m["seen"]:
-            predicted[det] = ident
-    inferred, alone = 0, 0
+    tracklet_of, inferred = tracklets_of_crops(rows, crops)
+    predicted = {d: identity_of[tid] for d, tid in tracklet_of.items()}
+    alone = 0
     for c in crops:
-        if c.detection_id in predicted:
-            continue
-        segs = segments.get(f"{c.camera}:t{c.track}")
-        if segs:  # the track's tracklet: the crop is its, though never extracted
-            t = BASE_TIME + c.time
-            predicted[c.detection_id] = min(segs, key=lambda s: max(s[0] - t, t - s[1], 0.0))[2]
-            inferred += 1
-        else:  # a crop no tracklet took counts as an identity of its own
+        if c.detection_id not in predicted:  # a crop no tracklet took counts as an identity of its own
             predicted[c.detection_id] = f"alone:{c.detection_id}"
             alone += 1
     q = identity_quality(truth, predicted)
@@ -584,6 +573,91 @@ def score_store(
         "end_to_identity_by_10_minutes": by_minutes,
         "quality_by_10_minutes": quality_stretches,
         "input_counts": store.counts(),
+    }
+
+
+def tracklet_rows(store: IdentityStore) -> list[tuple]:
+    """The store's tracklets (id, identity, first and last seen, meta), the warm-up crop's left out."""
+    rows = store.db.execute(
+        "SELECT tracklet_id, identity_id, first_seen, last_seen, meta FROM tracklets"
+    ).fetchall()
+    return [r for r in rows if not r[0].startswith(f"{WARMUP}:")]
+
+
+def tracklets_of_crops(rows: list[tuple], crops: list[ReplayCrop]) -> tuple[dict[str, str], int]:
+    """Each crop's tracklet (detection id -> tracklet id), and how many were inferred: the tracklet that
+    saw the crop, else its local track's tracklet nearest in time (a crop the re-ID stage sampled out: the
+    tracker linked it, so the tracklet holds it too). A crop no tracklet took is left out."""
+    of: dict[str, str] = {}
+    segments: dict[str, list[tuple[float, float, str]]] = {}
+    for tid, _, first, last, meta in rows:
+        segments.setdefault(tid.split("+")[0], []).append((first, last, tid))
+        for det in json.loads(meta)["seen"]:
+            of[det] = tid
+    inferred = 0
+    for c in crops:
+        if c.detection_id in of:
+            continue
+        if segs := segments.get(f"{c.camera}:t{c.track}"):
+            t = BASE_TIME + c.time
+            of[c.detection_id] = min(segs, key=lambda s: max(s[0] - t, t - s[1], 0.0))[2]
+            inferred += 1
+    return of, inferred
+
+
+def wrong_pairs_by_event(store: IdentityStore, crops: list[ReplayCrop], largest: int = 10) -> dict:
+    """Which identity events put crops of different people together: the events replayed in order, each
+    join, move or merge charged with the pairs of crops of different true identities it put into one
+    identity (the tracklets' crops as scored: `tracklets_of_crops`). Pair precision weighs an identity by
+    its crops squared, so a few events can carry most of its loss."""
+    truth = {c.detection_id: c.pid for c in crops}
+    tracklet_of, _ = tracklets_of_crops(tracklet_rows(store), crops)
+    people: dict[str, Counter] = defaultdict(Counter)  # tracklet -> true identity -> crops
+    for det, tid in tracklet_of.items():
+        if det in truth:
+            people[tid][truth[det]] += 1
+    held: dict[str, Counter] = defaultdict(Counter)  # identity -> true identity -> crops
+
+    def wrong(a: Counter, b: Counter) -> int:
+        return sum(a.values()) * sum(b.values()) - sum(n * b[pid] for pid, n in a.items())
+
+    by_kind: Counter = Counter()
+    events: Counter = Counter()
+    charged = []
+    for e in store.events():
+        if e.camera_id == WARMUP or e.kind == "confirmed":
+            continue
+        t = people[e.tracklet_id]
+        if e.kind == "created":
+            held[e.identity_id] += t
+            continue
+        if e.kind == "merged":
+            n = wrong(held[e.previous_id], held[e.identity_id])
+            held[e.identity_id] += held.pop(e.previous_id, Counter())
+        else:  # joined or moved
+            if e.kind == "moved":
+                held[e.previous_id] -= t
+            n = wrong(t, held[e.identity_id])
+            held[e.identity_id] += t
+        kind = f"{e.kind} {'at the end' if e.ended else 'early'}"
+        by_kind[kind] += n
+        events[kind] += 1
+        charged.append((n, e))
+    charged.sort(key=lambda x: (-x[0], x[1].seq))
+    return {
+        "wrong_pairs": sum(by_kind.values()),
+        "by_kind": {k: {"wrong_pairs": by_kind[k], "events": events[k]} for k in sorted(by_kind)},
+        "largest": [
+            {
+                "wrong_pairs": n,
+                "kind": e.kind,
+                "tracklet": e.tracklet_id,
+                "identity": e.identity_id,
+                "other": e.previous_id,
+                "score": round(e.score, 3),
+            }
+            for n, e in charged[:largest]
+        ],
     }
 
 
@@ -1006,6 +1080,46 @@ def run_search_trade(args) -> dict:
     return {"dataset": args.dataset, "split": "test", "model": extractor.name, "rows": rows}
 
 
+def run_wrong_pairs(args) -> dict:
+    """A diagnostic: the offline run of `calibrate` (one point: the config's matching, the records sampled
+    with `--sample-every`) over a split, scored, with the wrong pairs laid to the events that made them
+    (`wrong_pairs_by_event`). Choose nothing from a test split's."""
+    split = replay_crops(args.data, args.dataset, args.split, args.track_gap)
+    crops = window(split, args.minutes, args.start)
+    settings = load_settings(args.config, check_models=False)
+    records, model = replay_records(args, crops, settings, split)
+    base = settings.matcher.identities
+    threshold = base.threshold if args.threshold is None else args.threshold
+    cfg = base.model_copy(update=identity_overrides(args, threshold, 1e9))  # offline: stream time ends them
+    r = settings.reid
+    kept = sampled(
+        records,
+        args.sample_every,
+        cfg.end_gap_s,
+        r.shed_hard_crops,
+        r.shed_hard_min_quality,
+        r.shed_hard_wait_crops,
+        r.shed_hard_wait_s,
+    )
+    store = offline_run(cfg, RetrievalParams.from_settings(settings.matcher), kept)
+    score = score_store(store, crops)
+    blame = wrong_pairs_by_event(store, crops)
+    store.close()
+    keys = ("idf1", "pair_precision", "pair_recall", "identities_per_true", "events")
+    return {
+        "dataset": args.dataset,
+        "split": args.split,
+        "model": model,
+        "sample_every_s": args.sample_every,
+        "extracted": round(sum(isinstance(x, FeatureRecord) for x in kept) / len(records), 4),
+        "threshold": cfg.threshold,
+        "merge_threshold": cfg.merge_threshold,
+        "shared_camera_direct": cfg.shared_camera_direct,
+        **{k: score[k] for k in keys},
+        **blame,
+    }
+
+
 def run_topology(args) -> int:
     """Learn the camera topology from the TRAINING split and write it as a config over the default."""
     from pgr.app.camera_topology import learn_topology, write_topology
@@ -1022,7 +1136,7 @@ def run_topology(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgr.app.identity_eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("replay", "calibrate", "topology", "memory", "search"):
+    for name in ("replay", "calibrate", "topology", "memory", "search", "wrong-pairs"):
         p = sub.add_parser(name)
         p.add_argument("--dataset", choices=["dukemtmc", "market1501"], default="dukemtmc")
         p.add_argument("--data", type=Path, default=Path("data"))
@@ -1097,6 +1211,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="reid.shed_all_after_s: no crop extracted when later (default: the config's)",
     )
+    wrong = sub.choices["wrong-pairs"]
+    wrong.add_argument("--split", choices=["test", "train"], default="train")
+    wrong.add_argument(
+        "--sample-every",
+        type=float,
+        default=6.0,
+        help="as in calibrate (default 6: shedding throughout, a track's first crop and one each 6 s)",
+    )
+    wrong.add_argument("--threshold", type=float, help="join threshold (default: the config's)")
     sub.choices["topology"].add_argument(
         "--margin", type=float, default=10.0, help="seconds off each least gap"
     )
@@ -1188,6 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": run_calibration,
         "memory": run_memory,
         "search": run_search_trade,
+        "wrong-pairs": run_wrong_pairs,
     }
     run = commands[args.command]
     result = run(args)
