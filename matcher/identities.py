@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from matcher.tracklets import Tracklet
-from pgr.messages import IdentityEvent
+from pgr.messages import CropFeatures, IdentityEvent
 from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
 from reid.similarity import s_ins
 
@@ -155,13 +155,13 @@ class IdentityBook:
         pair = self._pair_scores(crops_a, crops_b)
         return float(0.5 * (pair.max(axis=1).mean() + pair.max(axis=0).mean()))
 
-    def _kept_crops(self, identity_id: str, without: str) -> list:
+    def _kept_crops(self, identity_id: str, without: str) -> list[CropFeatures]:
         """The identity's best kept crops' features (`crops_per_identity`), tracklet `without`'s left out."""
         kept = [c for m in self.members[identity_id] if m != without for c in self.tracklets[m].best]
         kept = sorted(kept, key=lambda c: (-c.quality, c.detection_id))[: self.params.crops_per_identity]
         return [c.features for c in kept]
 
-    def _pair_scores(self, query: list, gallery: list) -> np.ndarray:
+    def _pair_scores(self, query: list[CropFeatures], gallery: list[CropFeatures]) -> np.ndarray:
         """Every query crop against every gallery crop: progressive retrieval with N1 = N2 = all of them
         (every score a stage-2 score), or s_ins alone with `instance_only`."""
         q, g = GalleryFeatures.from_crop_features(query), GalleryFeatures.from_crop_features(gallery)
