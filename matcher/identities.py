@@ -265,13 +265,14 @@ class IdentityBook:
         `shared_camera_direct`, when both were seen on one camera) they match each other without T."""
         if self._identities_conflict(a, b):
             return False
-        if not self.params.shared_camera_direct or not self._cameras(a, t) & self._cameras(b, t):
+        tid = t.tracklet_id
+        if not self.params.shared_camera_direct or not self._cameras(a, tid) & self._cameras(b, tid):
             return True
-        return self.direct(a, b, t.tracklet_id) >= self.params.threshold
+        return self.direct(a, b, tid) >= self.params.threshold
 
-    def _cameras(self, identity_id: str, t: Tracklet) -> set[str]:
-        """The cameras the identity's tracklets other than T were seen on."""
-        return {self.tracklets[m].camera_id for m in self.members[identity_id] if m != t.tracklet_id}
+    def _cameras(self, identity_id: str, without: str) -> set[str]:
+        """The cameras the identity's tracklets were seen on, tracklet `without`'s left out."""
+        return {self.tracklets[m].camera_id for m in self.members[identity_id] if m != without}
 
     def _identities_conflict(self, a: str, b: str) -> bool:
         return any(self.conflicts(self.tracklets[m], b) for m in self.members[a])
