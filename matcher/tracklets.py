@@ -19,6 +19,10 @@ timeline starts when the person appeared, not when a crop of them was good enoug
 extracted crop follows within the end gap, and sightings of a tracklet that had already ended, are counted
 (`sighting_unmatched`) and dropped. Pending sightings live in memory only: after a matcher restart the
 tracklet begins at the pending sightings redelivered with the uncommitted batch, or at its first crop.
+The last `LAPSED_KEPT` stretches of pending sightings that no crop followed are remembered a while longer
+(`LAPSED_S` of their camera's stream): the re-ID stage may extract one of their crops after the track has
+ended (its rescue, reid/service.py), and the tracklet that crop starts then spans the whole stretch
+(`sighting_rescued` counts those sightings).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ HALF_QUALITY_HEIGHT = 128.0
 HALF_QUALITY_SHARPNESS = 60.0
 BORDER_CUT_PENALTY = 0.5
 BORDER_PX = 2.0
+LAPSED_KEPT = 4096  # stretches of pending sightings that no crop followed, remembered for a late crop ...
+LAPSED_S = 300.0  # ... for this long of their camera's stream
 
 
 @dataclass
@@ -167,6 +173,7 @@ class TrackletBook:
         self.cameras = None if cameras is None else set(cameras)
         self.tracklets: dict[str, Tracklet] = {}
         self.pending: dict[str, PendingSightings] = {}  # track key -> sightings before its tracklet
+        self.lapsed: dict[str, PendingSightings] = {}  # track key -> pending sightings no crop followed
         self.open: set[str] = set()
         self.current: dict[str, str] = {}  # tracklet key -> id of its latest segment
         self.segments: Counter[str] = Counter()
@@ -213,10 +220,14 @@ class TrackletBook:
             self.tracklets[tid], self.current[key] = t, tid
             self.open.add(tid)
             pending = self.pending.pop(key, None)
+            lapsed = self.lapsed.pop(key, None)
             if pending is not None and det.timestamp - pending.last_seen <= self.end_gap_s:
                 t.first_seen = min(t.first_seen, pending.first_seen)
             elif pending is not None:
                 self.counts["sighting_unmatched"] += pending.count
+            elif lapsed is not None and self._within(lapsed, det.timestamp):  # a rescued crop
+                t.first_seen, t.last_seen = min(t.first_seen, lapsed.first_seen), lapsed.last_seen
+                self.counts["sighting_rescued"] += lapsed.count
         elif det.timestamp < t.last_seen:
             self.counts["out_of_order"] += 1
         t.add(rec, crop_quality(det.box, det.score, rec.jpeg), thumbnail, self.keep_best)
@@ -244,6 +255,7 @@ class TrackletBook:
         p = self.pending.get(key)
         if p is not None and det.timestamp - p.last_seen > self.end_gap_s:  # an earlier stretch: dropped
             self.counts["sighting_unmatched"] += p.count
+            self._lapse(key, p)
             p = None
         if p is None:
             p = self.pending[key] = PendingSightings(det.camera_id, det.timestamp, det.timestamp)
@@ -308,7 +320,21 @@ class TrackletBook:
             if self._past(p.camera_id, p.last_seen, newest):
                 self.counts["sighting_unmatched"] += p.count
                 del self.pending[key]
+                self._lapse(key, p)
+        for key in [k for k, p in self.lapsed.items() if newest - p.last_seen > LAPSED_S]:
+            del self.lapsed[key]
         return self._end(out)
+
+    def _lapse(self, key: str, p: PendingSightings) -> None:
+        """Remember a stretch of pending sightings that no crop followed (see the module doc)."""
+        self.lapsed.pop(key, None)
+        self.lapsed[key] = p
+        if len(self.lapsed) > LAPSED_KEPT:
+            del self.lapsed[next(iter(self.lapsed))]
+
+    def _within(self, p: PendingSightings, at: float) -> bool:
+        """`at` lies within the end gap of the stretch `p`."""
+        return p.first_seen - self.end_gap_s <= at <= p.last_seen + self.end_gap_s
 
     def _past(self, camera_id: str, last_seen: float, newest: float) -> bool:
         """The stream ran the end gap past `last_seen`: on its camera, or on any (plus the skew)."""

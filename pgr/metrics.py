@@ -86,6 +86,17 @@ class PipelineMetrics(ServedRegistry):
             "Crops the re-ID stage did not extract because it was behind (reid.shed_after_s)",
             registry=r,
         )
+        self.crops_rescued = Counter(
+            "pgr_crops_rescued",
+            "Shed crops extracted after all: the best of a track that ended with none extracted "
+            "(reid.shed_rescue_tracks)",
+            registry=r,
+        )
+        self.crops_rescue_dropped = Counter(
+            "pgr_crops_rescue_dropped",
+            "Shed crops kept for rescue and let go because more tracks waited (reid.shed_rescue_tracks)",
+            registry=r,
+        )
         self.sightings = Counter(
             "pgr_sightings",
             "Shed crops the matcher heard of (no features): they keep their track's tracklet going",

@@ -225,8 +225,18 @@ class ReidSettings(StrictModel):
         0.0,
         ge=0,
         description="a crop later than this is not extracted at all, not even a tracklet's first: a bound "
-        "on the delay whatever the stream brings, at the cost of the tracks that end within such a "
-        "stretch (0: off; above shed_hard_after_s)",
+        "on the delay whatever the stream brings; a track that ends within such a stretch gets its "
+        "identity late, from its best crop once the stage has caught up (shed_rescue_tracks), or never "
+        "(0: off; above shed_hard_after_s)",
+    )
+
+    shed_rescue_tracks: int = Field(
+        256,
+        ge=0,
+        description="tracks whose tracklet got no crop extracted (shed past shed_all_after_s, or passed "
+        "over for quality) of which the stage keeps the best shed crop, to extract once the track has "
+        "ended and the stage is back under that bound: an identity late rather than never (0: off; "
+        "reid/service.py)",
     )
 
     @model_validator(mode="after")

@@ -35,8 +35,9 @@ A strict bound (`reid.shed_all_after_s` = D > H): a crop later than D is not ext
 a tracklet's first. Hard shedding bounds the delay only while new tracks come slower than the stage
 extracts one crop each; past D the stage sheds everything until it is back under D, and a tracklet that
 got no crop stays due, so its next crop that comes in time is extracted (the matcher holds its sightings
-until then, and the tracklet still begins at the first). A track that ends within such a stretch gets no
-identity.
+until then, and the tracklet still begins at the first). A track that ends within such a stretch has no
+crop extracted; the worker's rescue (`reid.shed_rescue_tracks`, reid/service.py) extracts its best one
+once the stage is back under D, so it gets its identity late rather than never.
 Every shed crop is still reported to the matcher as a sighting (`pgr.messages.encode_sighting`): its
 tracklet goes on, and ends, with the track, not with the last crop that was extracted.
 
@@ -153,6 +154,31 @@ class TrackSampler:
         if len(t.decided) > REMEMBERED:
             del t.decided[next(iter(t.decided))]
         return decision
+
+    def unserved(self, key: str) -> bool:
+        """Whether the current tracklet of track `key` has had no crop extracted (what a shed crop of it
+        could be kept for: the re-ID stage's rescue, reid/service.py)."""
+        t = self.tracks.get(key)
+        return t is not None and t.extracted == 0
+
+    def gone(self, key: str) -> bool:
+        """Whether track `key` has ended as the matcher will see it: its camera's stream ran the end gap
+        past its last crop (or it was forgotten)."""
+        t = self.tracks.get(key)
+        return t is None or self.newest.get(key.split(":", 1)[0], t.last_seen) - t.last_seen > self.gap_s
+
+    def served(self, det: Detection) -> None:
+        """A crop of `det`'s track was extracted outside `decide` (a rescued one): its tracklet has one."""
+        t = self.tracks.get(track_key(det))
+        if t is not None:
+            t.extracted += 1
+            t.last_extracted, t.passed = det.timestamp, 0
+
+    @property
+    def bound_s(self) -> float:
+        """The strictest lateness bound in force (shed_all_after_s, else shed_hard_after_s, else
+        shed_after_s; 0: none): how late the stage may run while it extracts a tracklet's first crop."""
+        return self.shed_all_after_s or self.shed_hard_after_s or self.shed_after_s
 
     def _poor(self, t: _Track, at: float, quality: Callable[[], float] | None) -> bool:
         """A due crop under hard shedding (stream time `at`) that waits for a better one of its tracklet:

@@ -1,10 +1,19 @@
 """The re-ID worker: consume crop records in batches, extract features, publish feature records (and, for
-the crops it sheds while behind, sightings: reid/sampling.py)."""
+the crops it sheds while behind, sightings: reid/sampling.py).
+
+Rescue (`reid.shed_rescue_tracks` = N > 0): a shed crop of a track whose tracklet has had no crop extracted
+(shed past `reid.shed_all_after_s`, or passed over for its quality) is kept in memory, the best of each such
+track by quality, for at most N tracks (the oldest goes first, counted). Once its track has ended (its
+camera's stream ran the matcher's end gap past it) and the stage is back under that bound, the kept crop is
+extracted and published after all: the track gets an identity late rather than never. A later crop of the
+track that is extracted the usual way makes its kept one moot. Kept crops were committed with their batch,
+so a worker that stops loses them (those tracks get no identity, as without rescue)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -18,6 +27,7 @@ from pgr.messages import (
     decode_crop,
     encode_feature,
     encode_sighting,
+    track_key,
 )
 from pgr.metrics import PipelineMetrics
 from pgr.transport import Message, Producer
@@ -26,6 +36,15 @@ from reid.sampling import TrackSampler, record_quality
 
 log = logging.getLogger(__name__)
 STAGE = "reid"
+
+
+@dataclass
+class RescueCandidate:
+    """A shed crop kept for rescue: its message (for dead-lettering), record and quality."""
+
+    msg: Message
+    rec: CropRecord
+    quality: float
 
 
 class ReidWorker:
@@ -39,12 +58,15 @@ class ReidWorker:
         dead_letter_topic: str,
         metrics: PipelineMetrics,
         sampler: TrackSampler | None = None,
+        rescue_tracks: int = 0,
     ) -> None:
         self.extractor, self.producer, self.metrics = extractor, producer, metrics
         self.features_topic, self.dead_letter_topic = features_topic, dead_letter_topic
         metrics.dead_lettered.labels(STAGE)  # exported at 0: the first dead letter is an increase
         self.sampler = sampler  # which crops of a track to extract (None: all)
         self.crop_s = 0.0  # extraction seconds a crop, a moving average of the batches (shedding's backlog)
+        self.rescue_tracks = rescue_tracks if sampler is not None else 0
+        self.kept: dict[str, RescueCandidate] = {}  # track key -> its best shed crop, oldest track first
 
     def handle(self, messages: list[Message]) -> None:
         """Extract and publish; returns once every output is flushed (then the caller commits).
@@ -66,6 +88,7 @@ class ReidWorker:
                 if decision == "shed":  # the matcher still hears that the track goes on (a sighting)
                     in_order.append((rec, None))
                     self.metrics.crops_shed.inc()
+                    self._keep(msg, rec)
                     continue
                 if decision == "sampled":
                     self.metrics.crops_sampled_out.inc()
@@ -87,7 +110,56 @@ class ReidWorker:
                 self._send(encode_sighting(rec.detection), rec)
             elif (f := features[i]) is not None:
                 self._publish(good[i][0], rec, f)
+        if self.kept:
+            self._rescue(max((rec.detection.read_at for rec, _ in in_order), default=None))
         self.producer.flush()
+
+    def _keep(self, msg: Message, rec: CropRecord) -> None:
+        """Keep a shed crop of a track that has nothing extracted, if it is that track's best so far."""
+        if not self.rescue_tracks or self.sampler is None:
+            return
+        key = track_key(rec.detection)
+        if not self.sampler.unserved(key):
+            return
+        quality = record_quality(rec)
+        if key in self.kept:
+            if quality > self.kept[key].quality:
+                self.kept[key] = RescueCandidate(msg, rec, quality)  # keeps its place: the track's age
+            return
+        if len(self.kept) >= self.rescue_tracks:
+            del self.kept[next(iter(self.kept))]
+            self.metrics.crops_rescue_dropped.inc()
+        self.kept[key] = RescueCandidate(msg, rec, quality)
+
+    def _rescue(self, newest_read_at: float | None) -> None:
+        """Extract the kept crops of tracks that have ended with nothing extracted, oldest first, as many as
+        keep the stage under the sampler's bound (`newest_read_at`: the batch's newest frame)."""
+        assert self.sampler is not None
+        for key in [k for k in self.kept if not self.sampler.unserved(k)]:
+            del self.kept[key]  # a crop of it was extracted the usual way (or it was forgotten)
+        due = [k for k in self.kept if self.sampler.gone(k)]
+        if not due:
+            return
+        bound = self.sampler.bound_s
+        if bound > 0 and newest_read_at is not None:
+            room = bound - (self.sampler.clock() - newest_read_at)
+            due = due[: max(0, int(room / self.crop_s)) if self.crop_s > 0 else 1]
+        if not due:
+            return
+        kept, batch = [], []
+        for key in due:
+            k = self.kept.pop(key)
+            try:
+                batch.append((k.msg, k.rec, decode_image(k.rec.jpeg)))
+                kept.append(k)
+            except Exception as exc:  # a crop that cannot be decoded: dead-lettered, as if extracted
+                self._dead(k.msg, exc)
+        features = self._extract(batch) if batch else []
+        for k, f in zip(kept, features, strict=True):
+            if f is not None:
+                self._publish(k.msg, k.rec, f)
+                self.sampler.served(k.rec.detection)
+                self.metrics.crops_rescued.inc()
 
     def _extract(self, good: list[tuple[Message, CropRecord, np.ndarray]]) -> list[CropFeatures | None]:
         """Features for the batch; if the batch fails, crop by crop, dead-lettering the crops that fail."""

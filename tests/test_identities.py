@@ -1082,6 +1082,91 @@ def test_sightings_before_a_tracklets_first_crop_are_where_it_begins(pets):
     assert book.counts["sighting_unmatched"] == 2
 
 
+def test_a_late_crop_of_a_lapsed_stretch_of_sightings_spans_it(pets):
+    """Pending sightings that no crop followed within the end gap are remembered a while: a crop of that
+    stretch extracted late (the re-ID stage's rescue) starts a tracklet that spans the whole stretch, and
+    its sightings are counted as rescued; a crop outside the stretch does not reach back to it."""
+    _, records, _, _ = pets
+    real = records[0]
+
+    def rec(det_id: str, t: float, track: int) -> FeatureRecord:
+        return dataclasses.replace(real, detection=_det(det_id, "pets", t, track, int(t)))
+
+    book = TrackletBook(keep_best=2, end_gap_s=3.0, idle_end_s=1e9, cameras=["pets"])
+    for t in (100.0, 101.0, 102.0):
+        book.sighted(_det(f"pets:{t:.0f}:t1", "pets", t, 1, int(t)), 0.0)
+    book.sighted(_det("pets:106:t2", "pets", 106.0, 2, 106), 0.0)  # the camera streams on
+    assert book.due(0.0) == [] and "pets:t1" not in book.pending
+    assert book.counts["sighting_unmatched"] == 3
+    t1 = book.add(rec("pets:101:t1", 101.0, 1), "", 0.0)  # the stretch's crop, extracted after all
+    assert (t1.first_seen, t1.last_seen, t1.n_crops) == (100.0, 102.0, 1)
+    assert book.counts["sighting_rescued"] == 3
+    assert [t.tracklet_id for t in book.due(0.0)] == ["pets:t1"]  # its camera is past it: decided at once
+
+    book.sighted(_det("pets:110:t3", "pets", 110.0, 3, 110), 0.0)
+    book.sighted(_det("pets:120:t4", "pets", 120.0, 4, 120), 0.0)
+    book.due(0.0)
+    t3 = book.add(rec("pets:115:t3", 115.0, 3), "", 0.0)  # 5 s after the stretch: a tracklet of its own
+    assert (t3.first_seen, t3.last_seen) == (115.0, 115.0) and book.counts["sighting_rescued"] == 3
+
+
+def test_a_track_shed_whole_is_rescued_once_it_has_ended(pets):
+    """reid.shed_rescue_tracks: of a track whose crops were all shed past reid.shed_all_after_s (its tracklet
+    has none extracted) the stage keeps the best crop by quality; once its camera's stream has run the end
+    gap past it and the stage is back under the bound, that crop is extracted and published after all
+    (counted). A track whose later crop is extracted in time needs no rescue; at most so many tracks wait
+    (the oldest goes, counted); 0 turns rescue off."""
+    from pgr.messages import CropRecord, encode_crop
+    from reid.sampling import TrackSampler, record_quality
+    from reid.service import ReidWorker
+
+    settings, records, extractor, _ = pets
+    jpegs = list(dict.fromkeys(r.jpeg for r in records))[:2]
+    now = 1000.0
+
+    def crop(det_id: str, track: int, t: float, late_s: float, jpeg: bytes = jpegs[0]) -> CropRecord:
+        det = dataclasses.replace(_det(det_id, "c1", t, track, int(t * 10)), read_at=now - late_s)
+        return CropRecord(det, jpeg)
+
+    a1, a2 = crop("a1", 1, 10.0, 6.0, jpegs[0]), crop("a2", 1, 11.0, 6.0, jpegs[1])
+    batches = [
+        [a1, a2, crop("b1", 2, 11.0, 6.0)],  # all past the bound: shed, tracks 1 and 2 kept
+        [crop("b2", 2, 12.0, 0.0)],  # in time: track 2's tracklet gets a crop the usual way
+        [crop("d1", 3, 14.5, 6.0)],  # track 1 has ended (3.5 s since), but the stage is still behind
+        [crop("e1", 4, 15.0, 0.0)],  # in time again: track 1's best crop is extracted after all
+    ]
+    best = max((a1, a2), key=record_quality).detection.detection_id
+
+    def run(rescue_tracks: int) -> tuple[list[str], PipelineMetrics, ReidWorker]:
+        sampler = TrackSampler(
+            0.0,
+            shed_after_s=0.25,
+            shed_every_s=6.0,
+            clock=lambda: now,
+            gap_s=3.0,
+            shed_hard_after_s=4.0,
+            shed_all_after_s=5.0,
+        )
+        bus, metrics = InProcessBus(capacity=1000), PipelineMetrics()
+        worker = ReidWorker(extractor, bus.producer(), "f", "dlq", metrics, sampler, rescue_tracks)
+        for batch in batches:
+            for c in batch:
+                bus.producer().send("crops", encode_crop(c))
+            worker.handle(bus.records("crops")[-len(batch) :])
+        topic = [decode_features_topic(m.value) for m in bus.records("f")]
+        assert len([r for r in topic if isinstance(r, Detection)]) == 4  # every shed crop: a sighting
+        return [r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)], metrics, worker
+
+    out, metrics, worker = run(8)
+    assert out == ["b2", "e1", best]
+    assert metrics.crops_rescued._value.get() == 1 and metrics.crops_rescue_dropped._value.get() == 0
+    assert list(worker.kept) == ["c1:t3"]  # still going as far as the stage knows: it waits
+    out, metrics, _ = run(0)
+    assert out == ["b2", "e1"] and metrics.crops_rescued._value.get() == 0
+    out, metrics, worker = run(1)  # track 2 pushes track 1 out, then gets its crop the usual way
+    assert out == ["b2", "e1"] and metrics.crops_rescue_dropped._value.get() == 1
+
+
 def _good_crops(
     crops: list, quality: dict[str, float], q_min: float, wait: int, gap_s: float, wait_s: float = 0.0
 ) -> set[str]:

@@ -363,6 +363,8 @@ def run_replay(args) -> dict:
         crops_extracted=int(extracted),
         crops_sampled_out=int(metrics.crops_sampled_out._value.get()),
         crops_shed=int(metrics.crops_shed._value.get()),
+        crops_rescued=int(metrics.crops_rescued._value.get()),
+        crops_rescue_dropped=int(metrics.crops_rescue_dropped._value.get()),
         shed_after_s=settings.reid.shed_after_s,
         shed_every_s=settings.reid.shed_every_s,
         shed_hard_after_s=settings.reid.shed_hard_after_s,
@@ -437,6 +439,8 @@ def reid_process(
         metrics.features_extracted.inc(max(proc.total("pgr_features_extracted_total"), 0))
         metrics.crops_sampled_out.inc(max(proc.total("pgr_crops_sampled_out_total"), 0))
         metrics.crops_shed.inc(max(proc.total("pgr_crops_shed_total"), 0))
+        metrics.crops_rescued.inc(max(proc.total("pgr_crops_rescued_total"), 0))
+        metrics.crops_rescue_dropped.inc(max(proc.total("pgr_crops_rescue_dropped_total"), 0))
         return process_cpu_s(proc.proc.pid) or 0.0
     finally:
         proc.ensure_stopped()

@@ -177,7 +177,9 @@ def run_reid_stage(
         else None
     )
     topics = settings.topics
-    worker = ReidWorker(extractor, producer, topics.features, topics.dead_letter, metrics, sampler)
+    worker = ReidWorker(
+        extractor, producer, topics.features, topics.dead_letter, metrics, sampler, r.shed_rescue_tracks
+    )
     consumer = transport.consumer([settings.topics.crops], group(settings, "reid"))
     try:
         consume_loop(
