@@ -94,6 +94,7 @@ class TrackSampler:
         hard_wait_crops: int = 3,
         hard_wait_s: float = 0.0,
         shed_all_after_s: float = 0.0,
+        skew_s: float = 2.0,
     ) -> None:
         self.every_s, self.forget_s = every_s, forget_s
         self.shed_after_s, self.shed_every_s, self.clock = shed_after_s, shed_every_s, clock
@@ -101,6 +102,7 @@ class TrackSampler:
         self.hard_min_quality, self.hard_wait_crops = hard_min_quality, hard_wait_crops
         self.hard_wait_s, self.shed_all_after_s = hard_wait_s, shed_all_after_s
         self.gap_s = gap_s  # a track seen again after this long starts a new tracklet: a first crop again
+        self.skew_s = skew_s  # how far apart the cameras' clocks may be (the matcher's camera_skew_s)
         self.tracks: dict[str, _Track] = {}
         self.newest: dict[str, float] = {}  # camera -> newest stream time seen
         self.calls = 0
@@ -162,10 +164,14 @@ class TrackSampler:
         return t is not None and t.extracted == 0
 
     def gone(self, key: str) -> bool:
-        """Whether track `key` has ended as the matcher will see it: its camera's stream ran the end gap
-        past its last crop (or it was forgotten)."""
+        """Whether track `key` has ended as the matcher will see it (`matcher.tracklets`): its camera's
+        stream ran the end gap past its last crop, or any camera's ran the end gap and the skew past it
+        (a camera that went quiet); or it was forgotten."""
         t = self.tracks.get(key)
-        return t is None or self.newest.get(key.split(":", 1)[0], t.last_seen) - t.last_seen > self.gap_s
+        if t is None:
+            return True
+        own = self.newest.get(key.split(":", 1)[0], t.last_seen) - t.last_seen > self.gap_s
+        return own or max(self.newest.values()) - t.last_seen > self.gap_s + self.skew_s
 
     def served(self, det: Detection) -> None:
         """A crop of `det`'s track was extracted outside `decide` (a rescued one): its tracklet has one."""

@@ -1124,8 +1124,10 @@ def test_a_track_shed_whole_is_rescued_once_it_has_ended(pets):
     jpegs = list(dict.fromkeys(r.jpeg for r in records))[:2]
     now = 1000.0
 
-    def crop(det_id: str, track: int, t: float, late_s: float, jpeg: bytes = jpegs[0]) -> CropRecord:
-        det = dataclasses.replace(_det(det_id, "c1", t, track, int(t * 10)), read_at=now - late_s)
+    def crop(
+        det_id: str, track: int, t: float, late_s: float, jpeg: bytes = jpegs[0], camera: str = "c1"
+    ) -> CropRecord:
+        det = dataclasses.replace(_det(det_id, camera, t, track, int(t * 10)), read_at=now - late_s)
         return CropRecord(det, jpeg)
 
     a1, a2 = crop("a1", 1, 10.0, 6.0, jpegs[0]), crop("a2", 1, 11.0, 6.0, jpegs[1])
@@ -1134,6 +1136,8 @@ def test_a_track_shed_whole_is_rescued_once_it_has_ended(pets):
         [crop("b2", 2, 12.0, 0.0)],  # in time: track 2's tracklet gets a crop the usual way
         [crop("d1", 3, 14.5, 6.0)],  # track 1 has ended (3.5 s since), but the stage is still behind
         [crop("e1", 4, 15.0, 0.0)],  # in time again: track 1's best crop is extracted after all
+        [crop("f1", 5, 19.0, 0.0, camera="c2")],  # c1 is quiet, c2 is past track 3 by the gap and skew
+        [crop("g1", 6, 19.6, 0.0, camera="c2")],
     ]
     best = max((a1, a2), key=record_quality).detection.detection_id
 
@@ -1158,13 +1162,14 @@ def test_a_track_shed_whole_is_rescued_once_it_has_ended(pets):
         return [r.detection.detection_id for r in topic if isinstance(r, FeatureRecord)], metrics, worker
 
     out, metrics, worker = run(8)
-    assert out == ["b2", "e1", best]
-    assert metrics.crops_rescued._value.get() == 1 and metrics.crops_rescue_dropped._value.get() == 0
-    assert list(worker.kept) == ["c1:t3"]  # still going as far as the stage knows: it waits
+    # track 3 waits while it may still go on: c2 at 19.0 is not yet 3 s + the 2 s skew past it
+    assert out == ["b2", "e1", best, "f1", "g1", "d1"]
+    assert metrics.crops_rescued._value.get() == 2 and metrics.crops_rescue_dropped._value.get() == 0
+    assert not worker.kept
     out, metrics, _ = run(0)
-    assert out == ["b2", "e1"] and metrics.crops_rescued._value.get() == 0
+    assert out == ["b2", "e1", "f1", "g1"] and metrics.crops_rescued._value.get() == 0
     out, metrics, worker = run(1)  # track 2 pushes track 1 out, then gets its crop the usual way
-    assert out == ["b2", "e1"] and metrics.crops_rescue_dropped._value.get() == 1
+    assert out == ["b2", "e1", "f1", "g1", "d1"] and metrics.crops_rescue_dropped._value.get() == 1
 
 
 def _good_crops(

@@ -172,6 +172,7 @@ def run_reid_stage(
             hard_wait_crops=r.shed_hard_wait_crops,
             hard_wait_s=r.shed_hard_wait_s,
             shed_all_after_s=r.shed_all_after_s,
+            skew_s=settings.matcher.identities.camera_skew_s,
         )
         if r.sample_every_s > 0 or r.shed_after_s > 0
         else None
