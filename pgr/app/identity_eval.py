@@ -53,12 +53,13 @@ import numpy as np
 from matcher.identity_quality import identity_quality, percentile
 from matcher.identity_service import IdentityService
 from matcher.identity_store import IdentityStore
-from pgr.images import header_size
+from pgr.images import decode_image, header_size
 from pgr.machine import describe_machine
 from pgr.messages import CropRecord, Detection, FeatureRecord, decode_identity, encode_crop
 from pgr.metrics import PipelineMetrics
 from pgr.paths import CONFIGS
 from pgr.settings import IdentitySettings, Settings, load_settings
+from reid.extractor import FeatureExtractor
 from reid.retrieval import RetrievalParams
 from reid.sampling import TrackSampler, record_quality
 from training.datasets import DATASETS
@@ -298,6 +299,7 @@ def run_replay(args) -> dict:
     settings = load_settings(args.config, overrides)
     metrics = PipelineMetrics()
     extractor = build_extractor(settings.reid, shared=True)  # re-ID, matcher and publisher: one process
+    ms_alone = extractor_ms_alone(extractor, crops)
     stop, published, reid_done = threading.Event(), threading.Event(), threading.Event()
     errors: list[str] = []
     reid_cpu: dict[str, float] = {}  # the re-ID process's CPU seconds, with --reid-process
@@ -391,6 +393,9 @@ def run_replay(args) -> dict:
         # wall seconds the stages spent on their batches (extract: the re-ID model; index: the matcher's
         # whole write, identities included), warm-up included: how busy each stage was
         stage_busy_s={k: round(v, 1) for k, v in _stage_sums(metrics).items()},
+        # the extractor alone before the replay (ms a crop): how fast the machine is today (the host's
+        # load moves it; RESULTS.md, twelfth session), to set beside stage_busy_s['extract'] per crop
+        extractor_ms_alone=ms_alone,
         extractor_threads=None
         if args.reid_process
         else extractor_threads(settings.reid.threads, shared=True),
@@ -466,6 +471,19 @@ def process_cpu_s(pid: int | None, group: bool = False) -> float | None:
 
 
 WARMUP = "warmup"  # the camera of the one crop sent before the timed replay
+
+
+def extractor_ms_alone(
+    extractor: FeatureExtractor, crops: list[ReplayCrop], n: int = 64, batch: int = 16
+) -> float:
+    """Milliseconds a crop the extractor takes on its own: the first `n` crops in batches of `batch`, after
+    one batch to warm it up, while nothing else of the replay runs yet."""
+    images = [decode_image(c.path.read_bytes()) for c in crops[:n]]
+    extractor.extract(images[:batch])
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch):
+        extractor.extract(images[i : i + batch])
+    return round((time.perf_counter() - t0) / max(len(images), 1) * 1000, 2)
 
 
 def warm_up(settings: Settings, first: ReplayCrop, metrics: PipelineMetrics, stop: threading.Event) -> None:
