@@ -159,7 +159,8 @@ class PipelineMetrics(ServedRegistry):
         )
         self.tracklet_input_refused = Counter(
             "pgr_tracklet_input",
-            "Odd crops the tracklets counted: unknown_camera, out_of_order, late, track_restart, duplicate",
+            "Odd crops the tracklets counted: unknown_camera, out_of_order, late, track_restart, duplicate; "
+            "and sightings: sighting_unmatched (no crop followed), sighting_rescued (a late crop did)",
             ["reason"],
             registry=r,
         )

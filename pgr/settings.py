@@ -229,7 +229,6 @@ class ReidSettings(StrictModel):
         "identity late, from its best crop once the stage has caught up (shed_rescue_tracks), or never "
         "(0: off; above shed_hard_after_s)",
     )
-
     shed_rescue_tracks: int = Field(
         256,
         ge=0,

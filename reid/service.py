@@ -141,9 +141,9 @@ class ReidWorker:
         if not due:
             return
         bound = self.sampler.bound_s
-        if bound > 0 and newest_read_at is not None:
-            room = bound - (self.sampler.clock() - newest_read_at)
-            due = due[: max(0, int(room / self.crop_s)) if self.crop_s > 0 else 1]
+        if bound > 0:  # a batch of nothing decodable says nothing of how late the stage is: wait
+            room = -1.0 if newest_read_at is None else bound - (self.sampler.clock() - newest_read_at)
+            due = due[: max(0, int(room / self.crop_s)) if self.crop_s > 0 else int(room > 0)]
         if not due:
             return
         kept, batch = [], []
