@@ -7,9 +7,7 @@ top N1 are exactly the candidates progressive retrieval re-ranks with s_part, th
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from matcher.index import IndexedDetection
 from matcher.open_index import AnyIndex
 from pgr.images import read_image
 from pgr.messages import CropFeatures
+from pgr.torch_threads import one_torch_thread
 from reid.extractor import FeatureExtractor
 from reid.retrieval import GalleryFeatures, RetrievalParams, progressive_retrieval
 
@@ -121,19 +120,6 @@ def search_features(
             out.append(replace(h, stage=stage, **{name: float(v[c]) for name, v in scores.items()}))
     rank = {det_id: r for r, det_id in enumerate(ids)}
     return sorted(out, key=lambda h: rank[h.detection_id])
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread inside: re-ranking one query's candidates is a handful of small tensor
-    operations, which two threads on a busy 2-core machine do several times slower than one
-    (BENCHMARKS.md, Search)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _metadata(index: AnyIndex, ids: list[str], scores: list[float]) -> list[IndexedDetection]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pgr.messages import CropFeatures
+from pgr.torch_threads import one_torch_thread
 from reid.map_heads import MapHeads
 from reid.openvino_backbone import OpenVinoBackbone
 from reid.pgr_extractor import crop_features
@@ -57,10 +58,12 @@ class OpenVinoPGRExtractor:
         self.name = f"pgr-{self.backbone.name}-{stem}{px}"
 
     def features_of_maps(self, maps: np.ndarray, embeddings: np.ndarray) -> list[CropFeatures]:
-        """Stored features from backbone maps (n, c, h, w) and embeddings (n, e) already computed."""
-        return features_of_maps(
-            self.heads, maps, embeddings, self.projection, self.part_dtype, self.pixel_dtype
-        )
+        """Stored features from backbone maps (n, c, h, w) and embeddings (n, e) already computed; torch on
+        one thread (`pgr.torch_threads`: the heads are small work, and the stage shares the machine)."""
+        with one_torch_thread():
+            return features_of_maps(
+                self.heads, maps, embeddings, self.projection, self.part_dtype, self.pixel_dtype
+            )
 
     @torch.inference_mode()
     def model_output(self, crops: list[np.ndarray]) -> PGROutput:
