@@ -62,6 +62,15 @@ class PendingSightings:
 INPUT_REASONS = ("unknown_camera", "out_of_order", "late", "track_restart", "duplicate")
 
 
+def past_end_gap(
+    camera_time: float, newest: float, last_seen: float, end_gap_s: float, skew_s: float
+) -> bool:
+    """Whether a track last seen at `last_seen` has ended: its own camera's stream (at `camera_time`) ran the
+    end gap past it, or the newest of any camera's (`newest`) ran the end gap and the skew past it. The
+    matcher ends tracklets by it, and the re-ID stage's rescue waits for it (reid/sampling.py)."""
+    return camera_time - last_seen > end_gap_s or newest - last_seen > end_gap_s + skew_s
+
+
 def crop_quality(box: tuple[float, float, float, float], score: float, jpeg: bytes) -> float:
     """A crop's quality in (0, 1]: box height, detection score, sharpness and a penalty when the box is cut
     by the frame's top or left border or is too squat for a whole standing person (the frame size is not in
@@ -338,8 +347,8 @@ class TrackletBook:
 
     def _past(self, camera_id: str, last_seen: float, newest: float) -> bool:
         """The stream ran the end gap past `last_seen`: on its camera, or on any (plus the skew)."""
-        own = self.camera_time.get(camera_id, last_seen) - last_seen > self.end_gap_s
-        return own or newest - last_seen > self.end_gap_s + self.skew_s
+        own = self.camera_time.get(camera_id, last_seen)
+        return past_end_gap(own, newest, last_seen, self.end_gap_s, self.skew_s)
 
     def end_all(self) -> list[Tracklet]:
         """End every open tracklet (the stream is over)."""

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from matcher.tracklets import crop_quality
+from matcher.tracklets import crop_quality, past_end_gap
 from pgr.messages import CropRecord, Detection, FeatureRecord, track_key
 
 REMEMBERED = 64  # decisions per track kept for redelivery (more than an uncommitted batch holds)
@@ -170,8 +170,8 @@ class TrackSampler:
         t = self.tracks.get(key)
         if t is None:
             return True
-        own = self.newest.get(key.split(":", 1)[0], t.last_seen) - t.last_seen > self.gap_s
-        return own or max(self.newest.values()) - t.last_seen > self.gap_s + self.skew_s
+        own = self.newest.get(key.split(":", 1)[0], t.last_seen)
+        return past_end_gap(own, max(self.newest.values()), t.last_seen, self.gap_s, self.skew_s)
 
     def served(self, det: Detection) -> None:
         """A crop of `det`'s track was extracted outside `decide` (a rescued one): its tracklet has one."""

@@ -477,13 +477,12 @@ def extractor_ms_alone(
     extractor: FeatureExtractor, crops: list[ReplayCrop], n: int = 64, batch: int = 16
 ) -> float:
     """Milliseconds a crop the extractor takes on its own: the first `n` crops in batches of `batch`, after
-    one batch to warm it up, while nothing else of the replay runs yet."""
+    one batch to warm it up (`reid.benchmark_extractors.crops_per_second`, one pass), while nothing else of
+    the replay runs yet."""
+    from reid.benchmark_extractors import crops_per_second
+
     images = [decode_image(c.path.read_bytes()) for c in crops[:n]]
-    extractor.extract(images[:batch])
-    t0 = time.perf_counter()
-    for i in range(0, len(images), batch):
-        extractor.extract(images[i : i + batch])
-    return round((time.perf_counter() - t0) / max(len(images), 1) * 1000, 2)
+    return round(1000 / crops_per_second(extractor.extract, images, batch, repeats=1), 2)
 
 
 def warm_up(settings: Settings, first: ReplayCrop, metrics: PipelineMetrics, stop: threading.Event) -> None:
